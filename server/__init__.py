@@ -1,0 +1,1 @@
+"""dsync server: a Raft-replicated coordination service (locks, queue, cache)."""
