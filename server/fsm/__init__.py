@@ -1,0 +1,1 @@
+"""Deterministic state machines applied from the Raft log."""

@@ -1,0 +1,28 @@
+"""The replicated state machine interface (hashicorp/raft's FSM).
+
+Implementations are deterministic: the same commands in the same order give the same
+state and results on every node.  No clocks, randomness, asyncio, Redis or gRPC inside:
+time arrives in the command, stamped by the proposer.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StateMachine(Protocol):
+    def apply(self, index: int, command: bytes) -> object:
+        """Apply one committed command; the result goes back to whoever proposed it.
+
+        Must not raise on bad input: an invalid command yields an error *result*, because
+        every replica must treat it the same way and the log cannot take it back.
+        """
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole state, to restore a node from (or to ship to a lagging one)."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state by a snapshot."""
+        ...

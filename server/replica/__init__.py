@@ -1,0 +1,1 @@
+"""The asyncio driver of the Raft core: ticks, persists, sends, applies, answers proposals."""

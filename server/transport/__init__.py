@@ -1,0 +1,1 @@
+"""Moving Raft messages between nodes: the protocol, gRPC, and an in-memory network."""
