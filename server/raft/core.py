@@ -405,17 +405,22 @@ class RaftCore:
                 self._send_heartbeat(peer, pr, context)
 
     def _expire_awaiting(self) -> None:
+        """Fail what the leader never answered; insertion order is deadline order."""
         now = self._ticks
-        for store, fail in (
-            (self._awaiting_proposals, self._fail_proposal),
-            (self._awaiting_reads, self._fail_local_read),
-        ):
-            while store:
-                key = next(iter(store))
-                if store[key] > now:
-                    break
-                del store[key]
-                fail(key, FailReason.TIMEOUT)  # type: ignore[operator]
+        proposals = self._awaiting_proposals
+        while proposals:
+            pid = next(iter(proposals))
+            if proposals[pid] > now:
+                break
+            del proposals[pid]
+            self._fail_proposal(pid, FailReason.TIMEOUT)
+        reads = self._awaiting_reads
+        while reads:
+            context = next(iter(reads))
+            if reads[context] > now:
+                break
+            del reads[context]
+            self._read_states.append(ReadState(context, reason=FailReason.TIMEOUT))
 
     # ------------------------------------------------------------------ votes
 
@@ -667,9 +672,6 @@ class RaftCore:
             self._read_states.append(ReadState(req.context, reason=reason))
         else:
             self._send(MsgType.READ_INDEX_RESP, req.origin, context=req.context, reject=True)
-
-    def _fail_local_read(self, context: bytes, reason: FailReason) -> None:
-        self._read_states.append(ReadState(context, reason=reason))
 
     # ------------------------------------------------------------------ forwarding
 

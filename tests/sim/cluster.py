@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.raft import (
@@ -109,6 +110,8 @@ class Simulation:
             for nid in self.ids
         }
         self.net = NetParams()
+        # Scenario tests see every message sent through this, and may drop (None) or alter it.
+        self.intercept: Callable[[Message], Message | None] = lambda msg: msg
         self.now = 0
         self._queue: list[tuple[int, int, Message]] = []
         self._seq = 0
@@ -222,6 +225,25 @@ class Simulation:
                 self.now = deadline
                 return
 
+    def wait_for(self, condition: Callable[[], bool], max_ticks: int, what: str) -> None:
+        """Run tick by tick until `condition` holds; a bounded wait, never a fixed sleep."""
+        for _ in range(max_ticks):
+            if condition():
+                return
+            self.run_ticks(1)
+        if not condition():
+            raise self.fail(f"timed out after {max_ticks} ticks waiting for {what}")
+
+    def wait_for_leader(self, among: list[str] | None = None, max_ticks: int = 200) -> str:
+        def elected() -> bool:
+            lead = self.leader()
+            return lead is not None and (among is None or lead in among)
+
+        self.wait_for(elected, max_ticks, f"a leader among {among or self.ids}")
+        lead = self.leader()
+        assert lead is not None
+        return lead
+
     def leader(self) -> str | None:
         """The leader of the highest term among live nodes, if one is in office."""
         best: tuple[int, str] | None = None
@@ -271,7 +293,12 @@ class Simulation:
         return self.group[a] == self.group[b]
 
     def _send(self, msg: Message) -> None:
-        if not self._connected(msg.src, msg.dst) or self.rng.random() < self.net.drop:
+        if not self._connected(msg.src, msg.dst):
+            return
+        msg = self.intercept(msg)  # type: ignore[assignment]
+        if msg is None:
+            return
+        if self.net.drop and self.rng.random() < self.net.drop:
             return
         copies = 1
         if msg.type not in _NEVER_DUPLICATED and self.rng.random() < self.net.duplicate:

@@ -1,0 +1,49 @@
+"""Floors measured in the same run as each benchmark: on a shared, noisy machine only a
+ratio to a bare server measured alongside means anything."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+_ECHO = "/bench.Echo/Echo"
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return request
+
+
+async def grpc_echo_floor(clients: int = 64, seconds: float = 2.0, payload: int = 64) -> float:
+    """Requests/s of a bare grpc.aio unary echo server with `clients` concurrent callers."""
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(_echo, _identity, _identity)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(_ECHO, _identity, _identity)
+            body = b"x" * payload
+            done = 0
+            deadline = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    await call(body)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(clients)))
+            return done / (time.perf_counter() - started)
+    finally:
+        await server.stop(None)

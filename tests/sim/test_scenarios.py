@@ -1,0 +1,208 @@
+"""The classic traps of Raft, each replayed step by step on the simulator.
+
+Every scenario runs under the simulator's checkers (election safety, log matching,
+leader completeness, state machine safety, acknowledged-means-applied, fresh reads),
+so a core that falls into a trap fails here with the property it broke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from server.raft import EntryKind, FailReason, Message, MsgType, Role
+from tests.sim.cluster import Simulation
+
+ELECTION = 10  # election_ticks used by every scenario
+
+
+def test_figure8_an_old_term_entry_on_a_majority_is_not_committed_by_counting() -> None:
+    """Raft paper, Figure 8: a leader may not commit an entry of an earlier term by
+    counting replicas; if it did, a later leader could overwrite a committed entry."""
+    sim = Simulation(seed=8, nodes=5, max_entries_per_msg=1)
+    a = sim.wait_for_leader()
+    b, c, d, e = (n for n in sim.ids if n != a)
+    # (a) A replicates entry X of its term to B only, then crashes.
+    sim.partition([a, b], [c], [d], [e])
+    x = sim.propose(a)
+    sim.wait_for(lambda: _holds(sim, b, x), 5, "X on B")
+    x_index = sim.core(a).log.last_index
+    x_term = sim.core(a).term
+    sim.crash(a)
+    # (b) E is elected by C, D (and itself) in a newer term; its entries reach nobody.
+    sim.intercept = lambda m: None if m.src == e and m.entries else m
+    sim.partition([c, d, e], [b])
+    sim.wait_for_leader(among=[c, d, e])
+    if sim.leader() != e:  # whoever won, hand the office to E
+        sim.transfer(sim.leader() or c, e)
+    sim.wait_for(lambda: sim.leader() == e, 100, "E leading")
+    sim.propose(e)
+    assert sim.core(e).log.term(x_index) != x_term  # E holds a newer entry at X's index
+    sim.crash(e)
+    # (c) A restarts and is elected by C and D; X reaches C and D, but A's own no-op
+    # (the entry after X) never does: X sits on a majority (A, B, C, D) yet is of an
+    # older term, so it must stay uncommitted.
+    sim.start(a)
+    sim.intercept = lambda m: _without_entries_after(m, x_index) if m.src == a else m
+    sim.partition([a, c, d], [b])
+    sim.wait_for_leader(among=[a])
+    sim.wait_for(lambda: _holds(sim, c, x) and _holds(sim, d, x), 20, "X on C and D")
+    sim.run_ticks(3)
+    assert sim.core(a).log.committed < x_index, "X was committed by counting replicas"
+    # (d) A crashes; E comes back and, with the newer last term, wins C and D and
+    # overwrites X.  That is safe only because X was never committed.
+    sim.crash(a)
+    sim.intercept = lambda m: m
+    sim.start(e)
+    sim.partition([e, c, d], [b])
+    sim.wait_for_leader(among=[e])
+    sim.heal()
+    sim.start(a)
+    sim.wait_for(lambda: all(sim.nodes[n].applied >= x_index for n in sim.ids), 200, "all apply")
+    assert x not in sim.applied_payloads
+
+
+def test_prevote_a_partitioned_node_rejoining_does_not_disrupt_the_leader() -> None:
+    """Thesis §9.6: without PreVote an isolated node inflates its term and, on return,
+    deposes a healthy leader; with PreVote its term stays put and the leader stays."""
+    for pre_vote, disrupted in ((True, False), (False, True)):
+        sim = Simulation(seed=96, nodes=3, pre_vote=pre_vote)
+        lead = sim.wait_for_leader()
+        term = sim.core(lead).term
+        lonely = next(n for n in sim.ids if n != lead)
+        sim.partition([n for n in sim.ids if n != lonely], [lonely])
+        sim.run_ticks(10 * ELECTION)
+        assert (sim.core(lonely).term > term) is disrupted
+        sim.heal()
+        sim.run_ticks(5 * ELECTION)
+        new_lead = sim.wait_for_leader()
+        assert (sim.core(new_lead).term != term) is disrupted, f"pre_vote={pre_vote}"
+        if not disrupted:
+            assert new_lead == lead
+            assert sim.core(lonely).leader == lead
+
+
+def test_leader_isolated_in_a_minority_steps_down_and_never_acknowledges_its_writes() -> None:
+    """Thesis §6.2 (CheckQuorum) and §5.4: writes a leader could not replicate to a
+    majority are never acknowledged, and they vanish once a new leader commits."""
+    sim = Simulation(seed=62, nodes=5)
+    old = sim.wait_for_leader()
+    buddy = next(n for n in sim.ids if n != old)
+    majority = [n for n in sim.ids if n not in (old, buddy)]
+    sim.partition([old, buddy], majority)
+    writes = [sim.propose(old) for _ in range(5)]
+    sim.wait_for(lambda: sim.core(old).role is not Role.LEADER, 2 * ELECTION, "old leader steps down")
+    new = sim.wait_for_leader(among=majority)
+    committed = sim.propose(new)
+    sim.wait_for(lambda: committed in sim.acked, 50, "a write on the majority side")
+    sim.heal()
+    sim.wait_for(lambda: not sim.nodes[old].proposals, 100, "outcomes of the old leader's writes")
+    assert not any(w in sim.acked for w in writes)
+    assert all(w in sim.failed for w in writes)  # SUPERSEDED: a definite, retryable failure
+    assert not any(w in sim.applied_payloads for w in writes)
+
+
+def test_a_deposed_leader_does_not_serve_a_readindex_read() -> None:
+    """Thesis §6.4: a leader must confirm it still leads before answering a read; an
+    old leader cut off from the majority cannot, so it never answers from stale state.
+    CheckQuorum is off here so the old leader keeps believing it leads."""
+    sim = Simulation(seed=64, nodes=3, check_quorum=False)
+    old = sim.wait_for_leader()
+    first = sim.propose(old)
+    sim.wait_for(lambda: first in sim.acked, 20, "a write under the old leader")
+    others = [n for n in sim.ids if n != old]
+    sim.partition([old], others)
+    new = sim.wait_for_leader(among=others)
+    write = sim.propose(new)
+    sim.wait_for(lambda: write in sim.acked, 50, "a write under the new leader")
+    assert sim.core(old).role is Role.LEADER  # it does not know yet
+    context = sim.read(old)
+    sim.run_ticks(5 * ELECTION)
+    assert context in sim.nodes[old].reads, "the deposed leader answered a read"
+    sim.heal()
+    sim.wait_for(lambda: context not in sim.nodes[old].reads, 50, "the read to fail")
+    assert sim.read_answers == 0
+
+
+def test_transfer_to_a_lagging_follower_waits_until_it_has_caught_up() -> None:
+    """Thesis §3.10: TimeoutNow goes out only once the target's log matches the
+    leader's, so the new leader never lacks an entry the old one had."""
+    sim = Simulation(seed=310, nodes=3)
+    lead = sim.wait_for_leader()
+    target = next(n for n in sim.ids if n != lead)
+    timeout_now: list[Message] = []
+    lagging = True
+
+    def observe(m: Message) -> Message | None:
+        if m.type is MsgType.TIMEOUT_NOW:
+            timeout_now.append(m)
+            assert not lagging, "TimeoutNow sent to a follower that lags"
+        return None if lagging and m.dst == target and m.type is MsgType.APPEND else m
+
+    sim.intercept = observe
+    writes = [sim.propose(lead) for _ in range(10)]
+    sim.wait_for(lambda: all(w in sim.acked for w in writes), 30, "writes on the other follower")
+    sim.transfer(lead, target)
+    refused = sim.propose(lead)  # no new writes while leadership is being handed over
+    sim.run_ticks(3)
+    assert not timeout_now
+    assert refused in sim.failed
+    lagging = False
+    new = sim.wait_for_leader(among=[target], max_ticks=30)
+    assert len(timeout_now) == 1
+    assert all(sim.core(new).log.term(sim.acked[w]) is not None for w in writes)
+
+
+def test_a_follower_far_behind_a_compacted_log_is_brought_back_by_snapshot() -> None:
+    sim = Simulation(seed=51, nodes=3)
+    lead = sim.wait_for_leader()
+    behind = next(n for n in sim.ids if n != lead)
+    sim.crash(behind)
+    writes = [sim.propose(lead) for _ in range(30)]
+    sim.wait_for(lambda: all(w in sim.acked for w in writes), 50, "writes")
+    sim.compact(lead)
+    assert sim.core(lead).log.first_index > 2
+    sim.start(behind)
+    snapshots: list[Message] = []
+
+    def observe(m: Message) -> Message:
+        if m.type is MsgType.SNAPSHOT:
+            snapshots.append(m)
+        return m
+
+    sim.intercept = observe
+    target = sim.core(lead).log.committed
+    sim.wait_for(lambda: sim.nodes[behind].applied >= target, 50, "the follower to catch up")
+    assert snapshots and sim.core(behind).log.first_index > 2
+
+
+def test_a_single_node_cluster_commits_and_reads_alone() -> None:
+    sim = Simulation(seed=1, nodes=1)
+    lead = sim.wait_for_leader()
+    write = sim.propose(lead)
+    sim.read(lead)
+    sim.wait_for(lambda: write in sim.acked and sim.read_answers == 1, 5, "write and read")
+
+
+def test_a_new_leader_appends_a_noop_of_its_own_term() -> None:
+    sim = Simulation(seed=2, nodes=3)
+    lead = sim.wait_for_leader()
+    entry = sim.core(lead).log.entries[-1]
+    assert entry.kind is EntryKind.NOOP and entry.term == sim.core(lead).term
+
+
+def test_a_proposal_without_a_known_leader_fails_at_once_as_never_committed() -> None:
+    sim = Simulation(seed=3, nodes=3)
+    payload = sim.propose("n1")  # nobody has been elected yet
+    assert payload in sim.failed
+    assert FailReason.NO_LEADER  # the reason is definite: never entered any log
+
+
+def _without_entries_after(m: Message, index: int) -> Message:
+    if not any(e.index > index for e in m.entries):
+        return m
+    return replace(m, entries=[e for e in m.entries if e.index <= index])
+
+
+def _holds(sim: Simulation, nid: str, payload: bytes) -> bool:
+    core = sim.nodes[nid].core
+    return core is not None and any(e.data == payload for e in core.log.entries)
