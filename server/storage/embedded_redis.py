@@ -3,13 +3,16 @@
 The server lives in the node's data dir with an append-only file, so a node restarted
 on the same dir finds its Raft state again.  A lock file in the dir, held by the
 server process itself, stops a second server from appending to the same AOF (say, a
-node restarted while the orphaned server of its previous run still lives).
+node restarted while the orphaned server of its previous run still lives).  On Linux
+the server is also told to take SIGTERM when the node process dies, even by SIGKILL, so
+a killed node leaves no orphan behind: redis then fsyncs its AOF and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import importlib.util
 import os
@@ -31,6 +34,14 @@ PID_FILE = "redis-server.pid"
 SOCKET_FILE = "redis.sock"
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 _POLL_S = 0.02
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the node process goes away."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, 15)  # SIGTERM
 
 
 class RedisStartError(RuntimeError):
@@ -170,6 +181,7 @@ class EmbeddedRedis:
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(lock_fd,),
                 cwd=self.data_dir,
+                preexec_fn=_die_with_parent,
             )
         self._proc = proc
         try:

@@ -1,0 +1,197 @@
+"""A node's configuration, read from the environment (and a `.env` file), checked up front.
+
+Variables follow the deployment guide: NODE_ID, SELF_URL, PEERS, QUORUM, HTTP_PORT,
+METRICS_PORT, REDIS_URL, plus GRPC_PORT and DATA_DIR.  Membership works like etcd's
+`--initial-cluster`: every member has a name and the URL its peers reach it at (its gRPC
+address).  SELF_URL is this node's own such URL; PEERS lists the others (listing this
+node too is allowed, if it agrees with SELF_URL).
+
+    NODE_ID=node1 SELF_URL=http://127.0.0.1:50051 \
+    PEERS=node2=http://127.0.0.1:50052,node3=http://127.0.0.1:50053 python -m server
+
+Every mistake is reported with what to change, and the node exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from server.raft.quorum import majority
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+APPENDFSYNC_MODES = ("always", "everysec", "no")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says which variable to fix and how."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """host:port for a gRPC channel."""
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    members: tuple[Member, ...]  # sorted by name; includes this node
+    bind_host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    redis_url: str | None  # None: start a private redis-server under data_dir
+    data_dir: Path
+    cluster: str
+    appendfsync: str
+    tick_ms: int
+    election_ticks: int
+
+    @property
+    def me(self) -> Member:
+        return next(m for m in self.members if m.name == self.node_id)
+
+    @property
+    def peers(self) -> dict[str, str]:
+        """Peer name -> gRPC address, without this node."""
+        return {m.name: m.address for m in self.members if m.name != self.node_id}
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+
+def parse_member_url(url: str, what: str) -> tuple[str, int]:
+    """`http://host:port`, `grpc://host:port` or `host:port` -> (host, port)."""
+    raw = url.strip()
+    parts = urlsplit(raw if "://" in raw else f"grpc://{raw}")
+    if parts.scheme not in ("http", "grpc") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"{what}: {url!r} is not a peer URL; write it as http://HOST:GRPC_PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port <= 0:
+        raise ConfigError(f"{what}: {url!r} has no port; write it as http://HOST:GRPC_PORT")
+    return parts.hostname, port
+
+
+def _name(value: str, what: str) -> str:
+    name = value.strip()
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise ConfigError(
+            f"{what}: {value!r} is not a valid node name "
+            "(1-64 characters of letters, digits, '-', '_', '.')"
+        )
+    return name
+
+
+def _port(env: Mapping[str, str], key: str, default: int | None) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        if default is None:
+            raise ConfigError(f"{key} is not set")
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{key}={raw!r} is not a TCP port (1-65535)")
+    return int(raw)
+
+
+def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"{key}={raw!r} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def parse_peers(raw: str) -> list[Member]:
+    members: list[Member] = []
+    for n, item in enumerate(p for p in raw.split(",") if p.strip()):
+        name, sep, url = item.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"PEERS entry {n + 1} ({item.strip()!r}) has no name; "
+                "write each peer as NAME=http://HOST:GRPC_PORT"
+            )
+        host, port = parse_member_url(url, f"PEERS entry {name.strip()!r}")
+        members.append(Member(_name(name, f"PEERS entry {n + 1}"), host, port))
+    return members
+
+
+def load(env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Build and check the configuration; raises ConfigError naming what to fix."""
+    env = os.environ if env is None else env
+    node_id = _name(env.get("NODE_ID", ""), "NODE_ID")
+    grpc_default: int | None = None
+    self_url = env.get("SELF_URL", "").strip()
+    if self_url:
+        self_host, self_port = parse_member_url(self_url, "SELF_URL")
+        grpc_default = self_port
+    grpc_port = _port(env, "GRPC_PORT", grpc_default)
+    if not self_url:
+        self_host, self_port = "127.0.0.1", grpc_port
+    me = Member(node_id, self_host, self_port)
+
+    members: dict[str, Member] = {me.name: me}
+    seen_addresses = {me.address: me.name}
+    for peer in parse_peers(env.get("PEERS", "")):
+        if peer.name == node_id:
+            if peer.address != me.address:
+                raise ConfigError(
+                    f"PEERS lists {node_id} at {peer.address} but SELF_URL says {me.address}: "
+                    "SELF_URL is missing from the membership; make them agree"
+                )
+            continue
+        if peer.name in members:
+            raise ConfigError(f"PEERS names {peer.name!r} twice; each member must appear once")
+        if peer.address in seen_addresses:
+            raise ConfigError(
+                f"PEERS gives {peer.name!r} the address {peer.address} of "
+                f"{seen_addresses[peer.address]!r}; every member needs its own address"
+            )
+        members[peer.name] = peer
+        seen_addresses[peer.address] = peer.name
+
+    quorum_raw = env.get("QUORUM", "").strip()
+    if quorum_raw:
+        need = majority(len(members))
+        if not quorum_raw.isdigit() or int(quorum_raw) != need:
+            raise ConfigError(
+                f"QUORUM={quorum_raw!r} but {len(members)} members make a majority of {need}; "
+                f"Raft's quorum is always the majority: set QUORUM={need} or leave it unset"
+            )
+
+    appendfsync = env.get("REDIS_APPENDFSYNC", "always").strip() or "always"
+    if appendfsync not in APPENDFSYNC_MODES:
+        raise ConfigError(f"REDIS_APPENDFSYNC={appendfsync!r} must be one of {APPENDFSYNC_MODES}")
+    http_port = _port(env, "HTTP_PORT", 8001)
+    metrics_port = _port(env, "METRICS_PORT", 9001)
+    ports = {"GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "METRICS_PORT": metrics_port}
+    if len(set(ports.values())) != len(ports):
+        raise ConfigError(f"GRPC_PORT, HTTP_PORT and METRICS_PORT must differ, got {ports}")
+    return NodeConfig(
+        node_id=node_id,
+        members=tuple(sorted(members.values(), key=lambda m: m.name)),
+        bind_host=env.get("BIND_HOST", "127.0.0.1").strip() or "127.0.0.1",
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        redis_url=env.get("REDIS_URL", "").strip() or None,
+        data_dir=Path(env.get("DATA_DIR", "").strip() or f".data/{node_id}"),
+        cluster=_name(env.get("CLUSTER_NAME", "dsync"), "CLUSTER_NAME"),
+        appendfsync=appendfsync,
+        tick_ms=_int(env, "TICK_MS", 50, 1, 10_000),
+        election_ticks=_int(env, "ELECTION_TICKS", 10, 2, 1000),
+    )

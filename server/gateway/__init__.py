@@ -1,0 +1,1 @@
+"""HTTP for operators and curl: health, Raft state, metrics."""

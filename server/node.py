@@ -1,0 +1,241 @@
+"""The composition root: the only place where concrete classes meet.
+
+A node is one process: its Redis (private, or REDIS_URL), the Raft core rebuilt from
+it, the replica driving that core, the gRPC server (peer stream, services, health,
+reflection), and HTTP for status and metrics.  Startup problems are reported as
+`StartupError`s that say what to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+import socket
+import time
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
+from server.api.internal_kv import KvServicer
+from server.config import NodeConfig
+from server.fsm.kv import KvStateMachine
+from server.gateway.metrics import metrics_app
+from server.gateway.status import status_app
+from server.raft import Config, Role
+from server.replica.boot import open_core
+from server.replica.replica import Replica
+from server.storage.embedded_redis import EmbeddedRedis, RedisStartError
+from server.storage.keys import NodeKeys
+from server.storage.redis_store import RedisRaftStorage
+from server.transport import wire
+from server.transport.grpc_transport import GrpcTransport
+from server.transport.peer_service import RaftPeerServicer, add_raft_service
+
+logger = logging.getLogger("dsync.node")
+
+_HEALTH_POLL_S = 0.1
+_STOP_GRACE_S = 2.0
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says what to change."""
+
+
+def check_port_free(host: str, port: int, variable: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"{variable}={port}: the port is already in use on {host}; stop what holds it "
+                    f"(`ss -ltnp 'sport = :{port}'`) or choose another {variable}"
+                ) from exc
+            raise StartupError(f"{variable}={port}: cannot bind {host}:{port}: {exc.strerror}") from exc
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._redis_server: EmbeddedRedis | None = None
+        self._storage: RedisRaftStorage | None = None
+        self._transport: GrpcTransport | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._runners: list[web.AppRunner] = []
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._peer_service: RaftPeerServicer | None = None
+        self.replica: Replica | None = None
+        self.kv = KvStateMachine()
+
+    async def start(self) -> None:
+        cfg = self.config
+        for variable, port in (("GRPC_PORT", cfg.grpc_port), ("HTTP_PORT", cfg.http_port), ("METRICS_PORT", cfg.metrics_port)):
+            check_port_free(cfg.bind_host, port, variable)
+        client = await self._open_redis()
+        self._storage = RedisRaftStorage(client, NodeKeys.for_node(cfg.cluster, cfg.node_id), owns_client=True)
+        raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks)
+        core = await open_core(raft_config, self._storage, random.Random())
+        self._transport = GrpcTransport(cfg.node_id, cfg.peers)
+        self.replica = Replica(core, self._storage, self._transport, self.kv, tick_interval=cfg.tick_ms / 1000)
+
+        server = grpc.aio.server(options=wire.SERVER_OPTIONS)
+        self._peer_service = RaftPeerServicer(self.replica.inbox, cfg.node_id)
+        add_raft_service(server, self._peer_service)
+        kv_pb2_grpc.add_KvServiceServicer_to_server(KvServicer(self.replica, self.kv), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                kv_pb2.DESCRIPTOR.services_by_name["KvService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        server.add_insecure_port(f"{cfg.bind_host}:{cfg.grpc_port}")
+        self._grpc = server
+        await self.replica.start()
+        await server.start()
+        await self._serve_http(status_app(self._healthy, self.raft_state), cfg.http_port)
+        await self._serve_http(metrics_app(), cfg.metrics_port)
+        self._health_task = asyncio.create_task(self._track_health(), name="health")
+        logger.info(
+            "node %s serving: gRPC %s:%d, HTTP %d, metrics %d, redis %s",
+            cfg.node_id,
+            cfg.bind_host,
+            cfg.grpc_port,
+            cfg.http_port,
+            cfg.metrics_port,
+            cfg.redis_url or f"private ({cfg.data_dir / 'redis'})",
+        )
+
+    async def wait(self) -> None:
+        """Until the replica stops; re-raises the fault if it failed."""
+        assert self.replica is not None
+        await self.replica.join()
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._grpc is not None:
+            await self._grpc.stop(_STOP_GRACE_S)
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.replica is not None:
+            await self.replica.stop()
+        if self._transport is not None:
+            await self._transport.close()
+        if self._storage is not None:
+            await self._storage.close()
+        if self._redis_server is not None:
+            await self._redis_server.stop()
+
+    def raft_state(self) -> dict[str, object]:
+        assert self.replica is not None and self._peer_service is not None and self._transport is not None
+        cfg = self.config
+        status = self.replica.status()
+        leader = self.replica.leader_id
+        now = time.monotonic()
+        contact = self._peer_service.last_contact()
+        sent = self._transport.peer_stats()
+        addresses = {m.name: m.address for m in cfg.members}
+        return {
+            "node_id": cfg.node_id,
+            "role": self.replica.role.name.lower(),
+            "term": self.replica.term,
+            "leader": leader,
+            "leader_grpc": addresses.get(leader, ""),
+            "commit_index": self.replica.commit_index,
+            "applied_index": self.replica.applied_index,
+            "members": [
+                {
+                    "id": m.name,
+                    "grpc": m.address,
+                    "self": m.name == cfg.node_id,
+                    "last_heard_s": round(now - contact[m.name], 3) if m.name in contact else None,
+                    "last_sent_s": (
+                        round(now - last, 3)
+                        if m.name in sent and (last := sent[m.name].last_sent) is not None
+                        else None
+                    ),
+                }
+                for m in cfg.members
+            ],
+            "replica": status,
+        }
+
+    def _healthy(self) -> tuple[bool, str]:
+        replica = self.replica
+        if replica is None:
+            return False, "starting"
+        if not replica.leader_id:
+            return False, "no leader known: an election is under way or this node is cut off from a majority"
+        if replica.role is Role.LEADER:
+            return True, "leader"
+        return True, f"following {replica.leader_id}"
+
+    async def _track_health(self) -> None:
+        """gRPC health: SERVING while a leader is known, so orchestrators can probe readiness."""
+        last: int | None = None
+        while True:
+            serving, _ = self._healthy()
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status != last:
+                await self._health.set("", status)
+                last = status
+            await asyncio.sleep(_HEALTH_POLL_S)
+
+    async def _serve_http(self, app: web.Application, port: int) -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, self.config.bind_host, port).start()
+
+    async def _open_redis(self) -> Redis:
+        cfg = self.config
+        url = cfg.redis_url
+        if url is None:
+            self._redis_server = EmbeddedRedis(cfg.data_dir / "redis", appendfsync=cfg.appendfsync)  # type: ignore[arg-type]
+            try:
+                await self._redis_server.start()
+            except (RedisStartError, OSError) as exc:
+                raise StartupError(f"could not start the private redis-server: {exc}") from exc
+            url = self._redis_server.url
+        client: Redis = Redis.from_url(url, decode_responses=False)
+        try:
+            await asyncio.wait_for(client.ping(), 5.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise StartupError(
+                f"Redis at {url} is unreachable ({exc}); start it, fix REDIS_URL, "
+                "or unset REDIS_URL to let the node run its own"
+            ) from exc
+        return client
+
+
+async def serve(config: NodeConfig, stop: asyncio.Event) -> None:
+    """Run a node until `stop` is set or its replica fails."""
+    node = Node(config)
+    try:
+        await node.start()
+        waiter = asyncio.create_task(node.wait())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if waiter in done:
+            waiter.result()  # re-raise a replica failure
+        else:
+            waiter.cancel()
+    finally:
+        await node.stop()

@@ -1,0 +1,125 @@
+"""The receiving end of the Raft peer streams: decodes each batch and hands it to the replica."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from dsync.raft.v1 import raft_pb2 as pb
+from server.codec import message_from_pb
+from server.raft.types import Message, NodeId
+from server.transport.log_limit import RateLimitedLog
+from server.transport.protocols import Inbox
+from server.transport.wire import RAFT_SERVICE
+
+_log = logging.getLogger(__name__)
+
+_EMPTY_RESPONSE = pb.StreamResponse().SerializeToString()
+
+
+@dataclass(slots=True)
+class ReceiveStats:
+    """Counters over every stream this servicer has served, for operators and tests."""
+
+    batches: int = 0  # StreamRequests received, decodable or not
+    messages: int = 0  # messages handed to the inbox
+    malformed: int = 0  # messages (or whole batches) that could not be decoded
+    misaddressed: int = 0  # messages for another node: a peer has a wrong address map
+
+
+class RaftPeerServicer:
+    """Serves `RaftService.Stream`: every batch a peer writes reaches the inbox as one list.
+
+    Input from the network is not trusted to be well formed: an undecodable batch or
+    message is counted, logged (rate-limited per peer and kind of fault), and skipped,
+    and the stream goes on.  Messages for another node are dropped the same way; they
+    mean some peer's address map points at the wrong node.  An inbox that raises ends
+    the stream with an error; the peer's sender counts that as an outage and reopens it.
+    """
+
+    def __init__(self, inbox: Inbox, self_id: NodeId) -> None:
+        self._inbox = inbox
+        self._self_id = self_id
+        self._last_contact: dict[NodeId, float] = {}
+        self._faults = RateLimitedLog(_log)
+        self.stats = ReceiveStats()
+
+    def last_contact(self) -> dict[NodeId, float]:
+        """time.monotonic() when each peer's latest message addressed to this node arrived."""
+        return dict(self._last_contact)
+
+    async def Stream(  # named by the proto
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        address = context.peer()
+        inbox = self._inbox
+        async for request in request_iterator:
+            batch = self._decode(request, address)
+            if batch:
+                self.stats.messages += len(batch)
+                inbox(batch)
+        return _EMPTY_RESPONSE
+
+    def _decode(self, request: bytes, address: str) -> list[Message]:
+        stats = self.stats
+        stats.batches += 1
+        try:
+            messages = pb.StreamRequest.FromString(request).messages
+        except DecodeError as exc:
+            stats.malformed += 1
+            self._faults.warning(
+                (address, "batch"), "raft stream from %s: undecodable batch skipped: %s", address, exc
+            )
+            return []
+        now = time.monotonic()
+        self_id = self._self_id
+        contact = self._last_contact
+        batch: list[Message] = []
+        for raw in messages:
+            try:
+                message = message_from_pb(raw)
+            except Exception as exc:  # whatever a peer sends must not end the stream
+                stats.malformed += 1
+                self._faults.warning(
+                    (raw.src[:64], "message"),
+                    "raft stream from %s (src %r): malformed message skipped: %s",
+                    address,
+                    raw.src,
+                    exc,
+                )
+                continue
+            if message.dst != self_id:
+                stats.misaddressed += 1
+                self._faults.warning(
+                    (message.src[:64], "dst"),
+                    "raft stream from %s (src %r): message for %r reached node %r and was dropped; "
+                    "check that node's peer address map",
+                    address,
+                    message.src,
+                    message.dst,
+                    self_id,
+                )
+                continue
+            contact[message.src] = now
+            batch.append(message)
+        return batch
+
+
+def add_raft_service(server: grpc.aio.Server, servicer: RaftPeerServicer) -> None:
+    """Registers the servicer on `server`, which should be built with wire.SERVER_OPTIONS.
+
+    The handler passes raw bytes, not parsed StreamRequests, so that one undecodable
+    batch is skipped by the servicer rather than failing the whole stream in gRPC.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Stream": grpc.stream_unary_rpc_method_handler(servicer.Stream),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RAFT_SERVICE, handlers),))
+    server.add_registered_method_handlers(RAFT_SERVICE, handlers)

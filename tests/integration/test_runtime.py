@@ -1,0 +1,187 @@
+"""The node runtime on real clusters: separate processes, private Redis, loopback gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from server.cluster import LocalCluster
+from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster
+
+pytestmark = pytest.mark.integration
+
+
+async def _applied_everywhere(cluster: LocalCluster, index: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = await cluster.states()
+        if all(s is not None and int(s["applied_index"]) >= index for s in states.values()):  # type: ignore[call-overload]
+            return
+        assert time.monotonic() < deadline, f"not applied everywhere: {states}"
+        await asyncio.sleep(0.05)
+
+
+async def test_writes_through_any_node_are_applied_on_every_node(cluster: LocalCluster, kv: Kv) -> None:
+    names = [n.name for n in cluster]
+    versions = [await kv.put(names[i % 3], f"key{i}", f"value{i}".encode()) for i in range(30)]
+    assert versions == sorted(versions) and len(set(versions)) == 30
+    await _applied_everywhere(cluster, versions[-1])
+    for name in names:
+        for i in range(30):
+            assert await kv.get(name, f"key{i}", linearizable=False) == f"value{i}".encode()
+
+
+async def test_leader_killed_a_new_one_is_elected_fast_and_no_acknowledged_write_is_lost(
+    cluster: LocalCluster, kv: Kv
+) -> None:
+    leader = await cluster.wait_for_leader(timeout=10)
+    acked = {}
+    for i in range(20):
+        node = cluster.nodes[i % 3].name
+        acked[f"before{i}"] = await kv.put(node, f"before{i}", b"x")
+    await cluster.kill(leader)  # SIGKILL: no goodbye
+    killed_at = time.monotonic()
+    new_leader = await cluster.wait_for_leader(timeout=10, exclude=leader)
+    elapsed = time.monotonic() - killed_at
+    print(f"new leader {new_leader} {elapsed:.2f}s after kill -9 of {leader}")
+    assert new_leader != leader
+    assert elapsed < 2 * ELECTION_TIMEOUT_S, f"election took {elapsed:.2f}s"
+    survivors = [n.name for n in cluster if n.name != leader]
+    for key in acked:
+        for name in survivors:
+            assert await kv.get(name, key) == b"x", f"{key} lost on {name}"
+    # The cluster keeps serving writes through either survivor.
+    for name in survivors:
+        await kv.put(name, f"after-{name}", b"y")
+
+
+async def test_a_killed_node_restarted_on_its_data_dir_catches_up(cluster: LocalCluster, kv: Kv) -> None:
+    leader = await cluster.wait_for_leader(timeout=10)
+    follower = next(n.name for n in cluster if n.name != leader)
+    await kv.put(leader, "early", b"1")
+    await cluster.kill(follower)
+    last = 0
+    for i in range(25):
+        last = await kv.put(leader, f"while-down{i}", b"2")
+    await cluster.start(follower)
+    await _applied_everywhere(cluster, last, timeout=20)
+    assert await kv.get(follower, "early", linearizable=False) == b"1"
+    assert await kv.get(follower, "while-down24", linearizable=False) == b"2"
+
+
+async def test_a_restarted_node_keeps_its_term_and_vote(cluster: LocalCluster) -> None:
+    leader = await cluster.wait_for_leader(timeout=10)
+    follower = next(n.name for n in cluster if n.name != leader)
+    before = cluster.state(follower)
+    assert before is not None
+    replica = before["replica"]
+    assert isinstance(replica, dict) and replica["vote"], "a follower of an elected leader has voted"
+    await cluster.kill(follower)
+    await cluster.start(follower)
+    deadline = time.monotonic() + 20
+    while (after := cluster.state(follower)) is None:
+        assert time.monotonic() < deadline, "restarted node never answered"
+        await asyncio.sleep(0.05)
+    again = after["replica"]
+    assert isinstance(again, dict)
+    # Read back from its own storage: same term and vote unless a newer term began meanwhile.
+    assert int(again["term"]) >= int(replica["term"])
+    if again["term"] == replica["term"]:
+        assert again["vote"] == replica["vote"], "the node forgot whom it voted for in this term"
+
+
+def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server"],
+        env={**os.environ, "DOTENV": "/nonexistent", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PEERS": "n2=http://127.0.0.1:1,n2=http://127.0.0.1:2"}, "names 'n2' twice"),
+        ({"QUORUM": "3"}, "set QUORUM=2"),
+        ({"PEERS": "n1=http://127.0.0.1:9"}, "SELF_URL is missing from the membership"),
+        ({"REDIS_URL": "redis://127.0.0.1:1/0"}, "unreachable"),
+    ],
+)
+def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    from tests.integration.conftest import free_ports
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    base = {
+        "NODE_ID": "n1",
+        "SELF_URL": f"http://127.0.0.1:{grpc_port}",
+        "PEERS": "n2=http://127.0.0.1:1,n3=http://127.0.0.1:2",
+        "HTTP_PORT": str(http_port),
+        "METRICS_PORT": str(metrics_port),
+        "DATA_DIR": str(tmp_path),
+    }
+    result = _run_node(base | env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_a_node_whose_port_is_taken_exits_naming_the_variable(tmp_path: Path) -> None:
+    import socket
+
+    from tests.integration.conftest import free_ports
+
+    grpc_port, metrics_port = free_ports(2)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = _run_node(
+            {
+                "NODE_ID": "n1",
+                "SELF_URL": f"http://127.0.0.1:{grpc_port}",
+                "HTTP_PORT": str(taken),
+                "METRICS_PORT": str(metrics_port),
+                "DATA_DIR": str(tmp_path),
+            }
+        )
+    assert result.returncode == 2
+    assert f"HTTP_PORT={taken}: the port is already in use" in result.stderr
+
+
+async def test_sigterm_stops_a_node_and_its_private_redis(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, nodes=1)
+    await cluster.start()
+    try:
+        await cluster.wait_for_leader(timeout=30)
+        pid_file = cluster.nodes[0].data_dir / "redis" / "redis-server.pid"
+        redis_pid = int(pid_file.read_text()) if pid_file.exists() else None
+        cluster.signal("node1", signal.SIGTERM)
+        proc = cluster.nodes[0].process
+        assert proc is not None
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        if redis_pid is not None:
+            with pytest.raises(ProcessLookupError):
+                os.kill(redis_pid, 0)
+    finally:
+        await cluster.stop()
+
+
+async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:
+    leader = await cluster.wait_for_leader(timeout=10)
+    followers = [n.name for n in cluster if n.name != leader]
+    for name in followers:
+        await cluster.kill(name)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await kv.put(leader, "lonely", b"z")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,147 @@
+"""The driver's own duties: back-pressure, batching, stopping, fail-stop, chunked apply, ticks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.fsm.kv import KvStateMachine, encode_put
+from server.raft import Entry, HardState
+from server.replica import Overloaded, Stopped
+from server.storage.memory import MemoryRaftStorage
+
+from .cluster import TICK, StorageFactory, eventually, make_cluster
+
+
+def put(key: str) -> bytes:
+    return encode_put(key, b"v")
+
+
+class GatedStorage:
+    """The in-memory store, whose saves can be held (a stalled disk) or made to fail."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryRaftStorage()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.held: list[Entry] = []  # entries of the save being held, once one is
+        self.fault: Exception | None = None
+
+    async def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        if self.fault is not None:
+            raise self.fault
+        if not self.gate.is_set():
+            self.held = entries
+            await self.gate.wait()
+        await self.inner.save(hard_state, entries)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def gated(store: GatedStorage) -> StorageFactory:
+    return lambda node: store
+
+
+async def test_proposals_beyond_max_pending_are_refused_at_once() -> None:
+    async with make_cluster(1, max_pending=5) as cluster:
+        replica = await cluster.leader()
+        outcomes = await asyncio.gather(*(replica.propose(put(f"k{i}")) for i in range(6)), return_exceptions=True)
+        assert all(isinstance(v, int) for v in outcomes[:5])
+        assert isinstance(outcomes[5], Overloaded) and not outcomes[5].maybe_committed
+        assert isinstance(await replica.propose(put("room again")), int)
+        assert replica.stats.proposals_failed == {"Overloaded": 1}
+
+
+async def test_proposals_are_refused_while_applying_lags_committing() -> None:
+    async with make_cluster(1) as cluster:
+        replica = await cluster.leader()
+        await asyncio.gather(*(replica.propose(put(f"k{i}")) for i in range(50)))
+        await cluster.crash("n1")
+        # Rebooted, it knows 51 committed entries and has applied none yet.
+        replica = await cluster.start("n1", max_apply_lag=10)
+        with pytest.raises(Overloaded, match="behind in applying"):
+            await replica.propose(put("too soon"))
+        await cluster.leader()
+        await eventually(lambda: replica.applied_index >= 51, "the replay finished")
+        assert isinstance(await replica.propose(put("now")), int)
+
+
+async def test_proposals_arriving_together_share_one_save() -> None:
+    async with make_cluster() as cluster:
+        leader = await cluster.leader()
+        saves, saved = leader.stats.saves, leader.stats.entries_saved
+        results = await asyncio.gather(*(leader.propose(put(f"k{i}")) for i in range(200)))
+        assert len(set(results)) == 200
+        assert leader.stats.entries_saved - saved == 200
+        # One save for the entries, a few more for commit-index updates: not 200.
+        assert leader.stats.saves - saves <= 5
+
+
+async def test_stop_is_prompt_and_fails_every_waiter_with_a_retryable_error() -> None:
+    store = GatedStorage()
+    async with make_cluster(1, storage=gated(store)) as cluster:
+        replica = await cluster.leader()
+        await cluster.converged()
+        store.gate.clear()
+        write = asyncio.create_task(replica.propose(put("k")))
+        await eventually(lambda: len(store.held) == 1, "the proposal's save is stuck on the disk")
+        read = asyncio.create_task(replica.read_barrier())
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await replica.stop()
+        assert loop.time() - began < 0.5
+        with pytest.raises(Stopped) as write_failed:
+            await write
+        assert write_failed.value.maybe_committed  # it reached the log: it may yet commit
+        with pytest.raises(Stopped) as read_failed:
+            await read
+        assert not read_failed.value.maybe_committed
+        with pytest.raises(Stopped, match="another node"):
+            await replica.propose(put("after stop"))
+        await replica.join()  # a requested stop is not a fault
+
+
+async def test_a_storage_fault_stops_the_replica_and_fails_its_waiters() -> None:
+    store = GatedStorage()
+    async with make_cluster(1, storage=gated(store)) as cluster:
+        replica = await cluster.leader()
+        store.fault = OSError("disk on fire")
+        with pytest.raises(Stopped, match="restart the node"):
+            await replica.propose(put("k"))
+        with pytest.raises(OSError, match="disk on fire"):
+            await replica.join()
+        assert "disk on fire" in str(replica.status()["stopped"])
+
+
+async def test_a_long_catch_up_yields_to_the_event_loop_while_applying() -> None:
+    async with make_cluster(1) as cluster:
+        replica = await cluster.leader()
+        await asyncio.gather(*(replica.propose(put(f"k{i}")) for i in range(3000)))
+        await cluster.crash("n1")
+        fsm = KvStateMachine()
+        replica = await cluster.start("n1", fsm=fsm)
+        target = replica.commit_index
+        seen: list[int] = []
+        while replica.applied_index < target:
+            seen.append(replica.applied_index)
+            await asyncio.sleep(0)
+        midway = {index for index in seen if 0 < index < target}
+        assert len(midway) >= 3, f"the replay held the loop; applied indexes seen: {sorted(set(seen))}"
+        assert len(fsm) == 3000
+
+
+async def test_ticks_keep_to_the_clock() -> None:
+    async with make_cluster(1) as cluster:
+        replica = cluster.replica("n1")
+        loop = asyncio.get_running_loop()
+        stats = replica.stats
+        began, ticked = loop.time(), stats.ticks + stats.ticks_skipped
+        await eventually(lambda: stats.ticks + stats.ticks_skipped - ticked >= 30, "30 ticks")
+        # Fired plus skipped ticks follow elapsed time, however late the loop runs.
+        due = stats.ticks + stats.ticks_skipped - ticked
+        assert abs(due - (loop.time() - began) / TICK) <= 2
+        assert 0 <= replica.stats.last_tick_lag < 1

@@ -1,0 +1,61 @@
+"""RaftPeerServicer: whatever a peer writes, the stream survives and good messages get through."""
+
+from __future__ import annotations
+
+import time
+
+import grpc.aio
+
+from dsync.raft.v1 import raft_pb2 as pb
+from server.codec import message_to_pb
+from server.raft.types import Message
+from server.transport.wire import STREAM_METHOD, frame_batch
+from tests.transport.peers import PeerServer, append, wait_until
+
+
+def wire(message: Message) -> bytes:
+    return message_to_pb(message).SerializeToString()
+
+
+async def test_bad_input_is_skipped_and_the_stream_goes_on() -> None:
+    no_body = pb.RaftMessage(src="a", dst="b", term=1).SerializeToString()
+    bad_kind = message_to_pb(append(7))
+    bad_kind.append_entries.entries[0].kind = pb.ENTRY_KIND_UNSPECIFIED
+    misaddressed = wire(append(8, src="q", dst="z"))
+
+    async with PeerServer("b") as b, grpc.aio.insecure_channel(b.address) as channel:
+        call: grpc.aio.StreamUnaryCall[bytes, bytes] = channel.stream_unary(STREAM_METHOD)()
+        await call.write(b"\xff\xff\xff")  # not a StreamRequest at all
+        await call.write(
+            frame_batch([no_body, wire(append(0)), bad_kind.SerializeToString(), misaddressed, wire(append(1))])
+        )
+        await wait_until(lambda: len(b.received) == 2)
+        await call.write(frame_batch([wire(append(2))]))
+        await wait_until(lambda: len(b.received) == 3)
+
+        assert not call.done()
+        assert b.received == [append(0), append(1), append(2)]
+        assert b.batches == [[append(0), append(1)], [append(2)]], "a batch reaches the inbox as one list"
+        stats = b.servicer.stats
+        assert (stats.batches, stats.messages, stats.malformed, stats.misaddressed) == (3, 3, 3, 1)
+        assert set(b.servicer.last_contact()) == {"a"}, "only messages for this node count as contact"
+
+        await call.done_writing()
+        assert await call == pb.StreamResponse().SerializeToString()
+
+
+async def test_last_contact_is_when_the_latest_message_arrived() -> None:
+    async with PeerServer("b") as b, grpc.aio.insecure_channel(b.address) as channel:
+        call: grpc.aio.StreamUnaryCall[bytes, bytes] = channel.stream_unary(STREAM_METHOD)()
+        before = time.monotonic()
+        await call.write(frame_batch([wire(append(0, src="a")), wire(append(0, src="c"))]))
+        await wait_until(lambda: len(b.received) == 2)
+        contact = b.servicer.last_contact()
+        assert set(contact) == {"a", "c"}
+        assert before <= contact["a"] <= time.monotonic()
+
+        await call.write(frame_batch([wire(append(1, src="a"))]))
+        await wait_until(lambda: len(b.received) == 3)
+        assert b.servicer.last_contact()["a"] >= contact["a"]
+        assert b.servicer.last_contact()["c"] == contact["c"]
+        call.cancel()

@@ -1,0 +1,54 @@
+"""Configuration checks: each mistake is refused with a message naming what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, load
+
+BASE = {
+    "NODE_ID": "node1",
+    "SELF_URL": "http://127.0.0.1:50051",
+    "PEERS": "node2=http://127.0.0.1:50052,node3=http://127.0.0.1:50053",
+}
+
+
+def test_guide_style_configuration_gives_three_voters() -> None:
+    cfg = load(BASE | {"QUORUM": "2", "HTTP_PORT": "8001", "METRICS_PORT": "9001"})
+    assert cfg.voters == ("node1", "node2", "node3")
+    assert cfg.grpc_port == 50051
+    assert cfg.peers == {"node2": "127.0.0.1:50052", "node3": "127.0.0.1:50053"}
+    assert cfg.redis_url is None and str(cfg.data_dir) == ".data/node1"
+    assert cfg.appendfsync == "always"
+
+
+def test_self_may_be_listed_in_peers_when_it_agrees() -> None:
+    cfg = load(BASE | {"PEERS": "node1=127.0.0.1:50051," + BASE["PEERS"]})
+    assert cfg.voters == ("node1", "node2", "node3")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"NODE_ID": ""}, "NODE_ID"),
+        ({"NODE_ID": "bad name"}, "NODE_ID"),
+        ({"PEERS": "node2=http://127.0.0.1:50052,node2=http://127.0.0.1:50054"}, "twice"),
+        ({"PEERS": "node2=http://127.0.0.1:50051"}, "own address"),
+        ({"PEERS": "http://127.0.0.1:50052"}, "has no name"),
+        ({"PEERS": "node2=http://127.0.0.1"}, "no port"),
+        ({"PEERS": "node2=ftp://x:1"}, "not a peer URL"),
+        ({"PEERS": "node1=http://127.0.0.1:59999"}, "SELF_URL is missing from the membership"),
+        ({"QUORUM": "3"}, "set QUORUM=2"),
+        ({"QUORUM": "two"}, "QUORUM"),
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT"),
+        ({"HTTP_PORT": "50051"}, "must differ"),
+        ({"SELF_URL": "", "GRPC_PORT": ""}, "GRPC_PORT is not set"),
+        ({"REDIS_APPENDFSYNC": "sometimes"}, "REDIS_APPENDFSYNC"),
+        ({"TICK_MS": "0"}, "TICK_MS"),
+    ],
+)
+def test_mistakes_are_refused_with_a_message_naming_the_fix(
+    change: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(BASE | change)
