@@ -1,0 +1,351 @@
+"""Writes per second and commit latency of a real 3-node loopback cluster, next to the
+grpc.aio echo floor measured in the same run.
+
+Each run starts a fresh cluster (`LocalCluster`: three `python -m server` processes, each
+with its own private redis-server) on free loopback ports in a temporary directory, with
+REDIS_APPENDFSYNC set to the mode under test.  Once a leader is elected, `--clients`
+coroutines spread round-robin over the three nodes (one shared channel per node) call
+KvService.Put in a closed loop -- 16-byte values, every key distinct -- through a
+warm-up and then a measured window.  Latency is the client's view of one Put: forwarding
+by a follower, replication, fsync per the mode, apply, and the answer.
+
+The floor is `grpc_echo_floor` with the same number of callers, measured just before the
+cluster starts, with nothing else running.  Targets on the 2-core machine: writes/s at
+least 0.6 x the floor's requests/s, and p99 at most 50 ms.
+
+The load generator runs in its own process by default (`--loadgen inline` runs it on the
+benchmark's event loop instead).  Either way it shares the machine's CPUs with the three
+nodes and their redis-servers -- the floor's caller shares them with its server in the
+same way -- so every run prints the CPU each of them used (from /proc/<pid>/stat), in
+cores: CPU seconds per second of the measured window.
+
+    .venv/bin/python -m bench.bench_writes [--seconds 5] [--clients 64] [--runs 3]
+        [--modes always,everysec] [--loadgen process|inline] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import multiprocessing
+import os
+import socket
+import statistics
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import grpc
+
+from bench.floors import grpc_echo_floor
+from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
+from server.cluster import LocalCluster
+
+NODES = 3
+MODES = ("always", "everysec")
+VALUE = b"v" * 16
+TARGET_RATIO = 0.6
+TARGET_P99_S = 0.050
+# A Put slower than this counts as an error; it also bounds how long a run can overrun.
+CALL_TIMEOUT_S = 5.0
+LEADER_TIMEOUT_S = 30.0
+# After a failed Put a client pauses, so that a node refusing everything at once
+# (no leader yet, overloaded) is not hammered by a loop that burns the CPU it shares.
+ERROR_PAUSE_S = 0.01
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Load:
+    """What the load generator saw in the measured window."""
+
+    seconds: float  # length of the window
+    latencies: dict[str, list[float]]  # node address -> seconds per Put that completed in the window
+    errors: Counter[str]  # gRPC status name -> failed Puts in the window
+    cpu_seconds: float  # the load generator process's own CPU time in the window
+
+
+@dataclass
+class RunResult:
+    writes_per_s: float
+    p50: float
+    p99: float
+    via_leader: tuple[float, float]  # p50, p99 of Puts sent to the leader
+    via_followers: tuple[float, float]  # p50, p99 of Puts a follower forwarded
+    errors: Counter[str]
+    floor: float  # echo requests/s measured just before
+    cpu: dict[str, float]  # process label -> cores used in the window
+
+    @property
+    def ratio(self) -> float:
+        return self.writes_per_s / self.floor
+
+
+# ---------------------------------------------------------------- load generator
+
+
+async def generate(
+    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str], None]
+) -> Load:
+    """Closed-loop Puts from `clients` coroutines; `mark("start")`/`mark("end")` bracket the window.
+
+    The window counts Puts that complete inside it, so writes/s is exact and the Puts
+    still in flight at either edge are left out rather than stretched over it.
+    """
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    try:
+        await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), LEADER_TIMEOUT_S) for ch in channels))
+        stubs = [kv_pb2_grpc.KvServiceStub(ch) for ch in channels]
+        latencies: dict[str, list[float]] = {address: [] for address in addresses}
+        errors: Counter[str] = Counter()
+        begin = time.perf_counter()
+        start = begin + warmup
+        end = start + seconds
+
+        async def client(n: int) -> None:
+            stub = stubs[n % len(stubs)]
+            samples = latencies[addresses[n % len(addresses)]]
+            seq = 0
+            while (sent := time.perf_counter()) < end:
+                seq += 1
+                request = kv_pb2.PutRequest(key=f"c{n}-{seq}", value=VALUE)
+                try:
+                    await stub.Put(request, timeout=CALL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    if start <= time.perf_counter() < end:
+                        errors[exc.code().name] += 1
+                    await asyncio.sleep(ERROR_PAUSE_S)
+                    continue
+                done = time.perf_counter()
+                if start <= done < end:
+                    samples.append(done - sent)
+
+        async def window() -> float:
+            await asyncio.sleep(start - time.perf_counter())
+            mark("start")
+            cpu = time.process_time()
+            await asyncio.sleep(end - time.perf_counter())
+            mark("end")
+            return time.process_time() - cpu
+
+        cpu_seconds, *_ = await asyncio.gather(window(), *(client(n) for n in range(clients)))
+        return Load(seconds, latencies, errors, cpu_seconds)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+def _loadgen_process(conn: Connection, addresses: list[str], clients: int, warmup: float, seconds: float) -> None:
+    """Entry point of the load generator's own process: marks, then the Load, over `conn`."""
+    try:
+        load = asyncio.run(generate(addresses, clients, warmup, seconds, conn.send))
+        conn.send(load)
+    except Exception:
+        conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
+    finally:
+        conn.close()
+
+
+async def _receive(conn: Connection, timeout: float) -> object:
+    if not await asyncio.to_thread(conn.poll, timeout):
+        raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
+    item = conn.recv()
+    if isinstance(item, Exception):
+        raise item
+    return item
+
+
+async def run_load_in_process(
+    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str], None]
+) -> Load:
+    """`generate` in a spawned process (a fork would inherit this process's gRPC state)."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    proc = ctx.Process(target=_loadgen_process, args=(theirs, addresses, clients, warmup, seconds), daemon=True)
+    proc.start()
+    theirs.close()
+    try:
+        # Start-up (interpreter, imports, connecting) plus the warm-up, then the window.
+        for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
+            got = await _receive(ours, timeout)
+            if got != phase:
+                raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
+            mark(phase)
+        load = await _receive(ours, CALL_TIMEOUT_S + 10)
+        assert isinstance(load, Load)
+        return load
+    finally:
+        ours.close()
+        await asyncio.to_thread(proc.join, 10)
+        if proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join)
+
+
+# ---------------------------------------------------------------- the cluster side
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; held together so they are distinct."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def cluster_pids(cluster: LocalCluster, leader: str) -> dict[str, int]:
+    """Label -> pid of every node and of its redis-server; the leader's label says so."""
+    pids: dict[str, int] = {}
+    for node in cluster:
+        assert node.process is not None
+        role = "leader" if node.name == leader else "follower"
+        pids[f"{node.name} ({role})"] = node.process.pid
+        pids[f"{node.name} redis"] = int((node.data_dir / "redis" / "redis-server.pid").read_text())
+    return pids
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """(p50, p99) in seconds; NaN without enough samples."""
+    if len(samples) < 2:
+        return math.nan, math.nan
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
+    floor = await grpc_echo_floor(clients=args.clients, seconds=args.seconds)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f"bench-writes-{mode}-") as data_dir:
+        ports = free_ports(3 * NODES)
+        cluster = LocalCluster(
+            NODES,
+            Path(data_dir),
+            ports[:NODES],
+            ports[NODES : 2 * NODES],
+            ports[2 * NODES :],
+            # No stray .env may change what is measured; the node's defaults otherwise.
+            extra_env={"REDIS_APPENDFSYNC": mode, "DOTENV": os.devnull},
+        )
+        try:
+            await cluster.start()
+            leader = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
+            pids = cluster_pids(cluster, leader)
+            samples: dict[str, dict[str, float]] = {}
+
+            def mark(phase: str) -> None:
+                samples[phase] = {label: cpu_seconds(pid) for label, pid in pids.items()}
+
+            addresses = [node.grpc_address for node in cluster]
+            run_load = run_load_in_process if args.loadgen == "process" else generate
+            load = await run_load(addresses, args.clients, args.warmup, args.seconds, mark)
+            leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
+            if leader_after != leader:
+                print(f"  note: leadership moved from {leader} to {leader_after} during the run")
+        finally:
+            await cluster.stop()
+    leader_address = cluster.node(leader).grpc_address
+    everything = [s for samples_ in load.latencies.values() for s in samples_]
+    p50, p99 = percentiles(everything)
+    forwarded = [s for address, samples_ in load.latencies.items() if address != leader_address for s in samples_]
+    cpu = {label: (samples["end"][label] - samples["start"][label]) / load.seconds for label in pids}
+    cpu[f"load generator ({args.loadgen})"] = load.cpu_seconds / load.seconds
+    return RunResult(
+        writes_per_s=len(everything) / load.seconds,
+        p50=p50,
+        p99=p99,
+        via_leader=percentiles(load.latencies[leader_address]),
+        via_followers=percentiles(forwarded),
+        errors=load.errors,
+        floor=floor,
+        cpu=cpu,
+    )
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:6.1f} ms"
+
+
+def print_run(n: int, runs: int, result: RunResult) -> None:
+    errors = sum(result.errors.values())
+    detail = f" ({', '.join(f'{k} {v}' for k, v in result.errors.most_common())})" if errors else ""
+    print(
+        f"  run {n}/{runs}: {result.writes_per_s:8,.0f} writes/s  p50 {_ms(result.p50)}  p99 {_ms(result.p99)}"
+        f"  errors {errors}{detail}  floor {result.floor:8,.0f} req/s  ratio {result.ratio:5.2f}"
+    )
+    print(
+        f"    via leader p50/p99 {_ms(result.via_leader[0])} / {_ms(result.via_leader[1])};"
+        f"  via followers {_ms(result.via_followers[0])} / {_ms(result.via_followers[1])}"
+    )
+    used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
+    print(f"    CPU, cores: {used}  (total {sum(result.cpu.values()):.2f} of {os.cpu_count()})")
+
+
+def print_median(mode: str, results: list[RunResult]) -> None:
+    writes = statistics.median(r.writes_per_s for r in results)
+    ratio = statistics.median(r.ratio for r in results)
+    p99 = statistics.median(r.p99 for r in results)
+    print(
+        f"appendfsync={mode} median of {len(results)}: {writes:,.0f} writes/s"
+        f"  p50 {_ms(statistics.median(r.p50 for r in results))}  p99 {_ms(p99)}"
+        f"  floor {statistics.median(r.floor for r in results):,.0f} req/s  ratio {ratio:.2f}"
+        f"  errors {sum(sum(r.errors.values()) for r in results)}"
+    )
+    print(
+        f"  target ratio >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'NOT met'};"
+        f"  target p99 <= {TARGET_P99_S * 1000:.0f} ms: {'met' if p99 <= TARGET_P99_S else 'NOT met'}"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured window per run, and the floor's")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the window opens")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent Put callers, spread over the nodes")
+    parser.add_argument("--runs", type=int, default=3, help="runs per mode; the median is reported")
+    parser.add_argument("--modes", default=",".join(MODES), help="appendfsync modes, comma separated")
+    parser.add_argument(
+        "--loadgen", choices=("process", "inline"), default="process",
+        help="run the callers in their own process, or on this benchmark's event loop",
+    )  # fmt: skip
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the nodes' data dirs go")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in ("always", "everysec", "no"):
+            parser.error(f"unknown appendfsync mode {mode!r}; choose from always, everysec, no")
+    if args.seconds <= 0 or args.warmup < 0 or args.clients < 1 or args.runs < 1:
+        parser.error("need --seconds > 0, --warmup >= 0, --clients >= 1 and --runs >= 1")
+    print(
+        f"{NODES} nodes + {NODES} redis-servers + the load generator ({args.loadgen}) share {os.cpu_count()} CPUs;"
+        f" {args.clients} clients, {len(VALUE)}-byte values, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
+        f" floor: grpc.aio echo, {args.clients} callers, alone on the machine"
+    )
+    for mode in modes:
+        print(f"appendfsync={mode}")
+        results = []
+        for n in range(1, args.runs + 1):
+            results.append(await one_run(mode, args, args.dir))
+            print_run(n, args.runs, results[-1])
+        print_median(mode, results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

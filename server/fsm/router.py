@@ -1,0 +1,172 @@
+"""The replicated state machine of a dsync node: one log, several services.
+
+Every committed entry is a `dsync.fsm.v1.Command`.  The router keeps what all services
+share — the cluster clock and the client sessions that make retried writes take effect
+once — and hands each command to its service's component.
+
+Time: only the leader's `Clock` entries move it (see command.proto).  Readings of one
+term advance time by their difference; a new term starts a new epoch without moving
+time, so a leader change never shortens a lease, and clocks of different nodes are
+never compared.
+
+Sessions (Raft thesis §6.3): a command with a client id and sequence number is applied
+once; a retry gets the first result.  Each session remembers its last
+`SESSION_RESULTS` results and expires after `SESSION_IDLE_MS` without writes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from dsync.fsm.v1 import command_pb2
+from server.fsm.base import ApplyContext, Code, Component, Emit, Refusal, Result
+
+SESSION_RESULTS = 256
+SESSION_IDLE_MS = 60 * 60 * 1000
+MAX_CLIENT_ID_BYTES = 128
+
+
+def _ignore(event: object) -> None:
+    """Default event sink: nobody is waiting."""
+
+
+@dataclass
+class _Session:
+    results: OrderedDict[int, Result] = field(default_factory=OrderedDict)
+    last_seen_ms: int = 0
+
+
+class DsyncStateMachine:
+    """Implements `server.fsm.protocols.StateMachine` over the lock, queue and cache components."""
+
+    def __init__(self, components: dict[str, Component]) -> None:
+        unknown = set(components) - {"lock", "queue", "cache"}
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}: expected lock, queue, cache")
+        self.components = components
+        self.emit: Emit = _ignore
+        self.clock_term = 0
+        self.last_reading_ms = 0
+        self.now_ms = 0
+        self.applied_index = 0
+        # Least recently active first, so expiry pops from the front.
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+
+    # ------------------------------------------------------------------ StateMachine
+
+    def apply(self, index: int, command: bytes) -> object:
+        self.applied_index = index
+        try:
+            cmd = command_pb2.Command.FromString(command)
+        except DecodeError:
+            return Refusal(Code.INVALID_ARGUMENT, "not a dsync command: the entry could not be decoded")
+        op = cmd.WhichOneof("op")
+        if op is None:
+            return Refusal(Code.INVALID_ARGUMENT, "command names no operation")
+        if op == "clock":
+            self._tick(index, cmd.clock)
+            return None
+        component = self.components.get(op)
+        if component is None:
+            return Refusal(Code.INVALID_ARGUMENT, f"this node runs no {op} service")
+        ctx = ApplyContext(index, self.now_ms, self.emit)
+        if not cmd.client_id:
+            return component.apply(getattr(cmd, op), ctx)
+        return self._apply_once(cmd, op, component, ctx)
+
+    def snapshot(self) -> bytes:
+        snap = command_pb2.Snapshot(
+            clock=command_pb2.ClockState(
+                term=self.clock_term, last_reading_ms=self.last_reading_ms, now_ms=self.now_ms
+            )
+        )
+        for client_id, session in self._sessions.items():
+            entry = snap.sessions.add(client_id=client_id, last_seen_ms=session.last_seen_ms)
+            for sequence, result in session.results.items():
+                entry.results.add(sequence=sequence, result=_encode_result(result))
+        for name, component in self.components.items():
+            setattr(snap, name, component.snapshot())
+        return snap.SerializeToString(deterministic=True)
+
+    def restore(self, data: bytes) -> None:
+        snap = command_pb2.Snapshot.FromString(data)
+        self.clock_term = snap.clock.term
+        self.last_reading_ms = snap.clock.last_reading_ms
+        self.now_ms = snap.clock.now_ms
+        self._sessions = OrderedDict()
+        for entry in snap.sessions:
+            session = _Session(last_seen_ms=entry.last_seen_ms)
+            for cached in entry.results:
+                session.results[cached.sequence] = _decode_result(cached.result)
+            self._sessions[entry.client_id] = session
+        for name, component in self.components.items():
+            component.restore(getattr(snap, name))
+
+    # ------------------------------------------------------------------ internals
+
+    def _tick(self, index: int, clock: command_pb2.Clock) -> None:
+        if clock.term < self.clock_term:
+            return  # a deposed leader's reading, committed late: its epoch is over
+        if clock.term > self.clock_term:
+            self.clock_term = clock.term
+            self.last_reading_ms = clock.monotonic_ms
+            return
+        if clock.monotonic_ms <= self.last_reading_ms:
+            return
+        self.now_ms += clock.monotonic_ms - self.last_reading_ms
+        self.last_reading_ms = clock.monotonic_ms
+        self._expire_sessions()
+        ctx = ApplyContext(index, self.now_ms, self.emit)
+        for component in self.components.values():
+            component.advance(ctx)
+
+    def _apply_once(self, cmd: command_pb2.Command, op: str, component: Component, ctx: ApplyContext) -> Result:
+        if len(cmd.client_id.encode()) > MAX_CLIENT_ID_BYTES:
+            return Refusal(Code.INVALID_ARGUMENT, f"header.client_id: longer than {MAX_CLIENT_ID_BYTES} bytes")
+        session = self._sessions.pop(cmd.client_id, None) or _Session()
+        session.last_seen_ms = self.now_ms
+        self._sessions[cmd.client_id] = session  # now the most recently active
+        seen = session.results.get(cmd.sequence)
+        if seen is not None:
+            return seen
+        if session.results and cmd.sequence < next(iter(session.results)):
+            return Refusal(
+                Code.FAILED_PRECONDITION,
+                f"header.sequence {cmd.sequence} is older than this client's last "
+                f"{SESSION_RESULTS} writes: its outcome is forgotten; send new writes with new numbers",
+            )
+        result = component.apply(getattr(cmd, op), ctx)
+        session.results[cmd.sequence] = result
+        while len(session.results) > SESSION_RESULTS:
+            session.results.popitem(last=False)
+        return result
+
+    def _expire_sessions(self) -> None:
+        horizon = self.now_ms - SESSION_IDLE_MS
+        sessions = self._sessions
+        while sessions:
+            client_id = next(iter(sessions))
+            if sessions[client_id].last_seen_ms > horizon:
+                break
+            del sessions[client_id]
+
+
+def _encode_result(result: Result) -> command_pb2.Result:
+    if isinstance(result, Refusal):
+        return command_pb2.Result(error=command_pb2.Error(code=int(result.code), message=result.message))
+    packed = any_pb2.Any()
+    packed.Pack(result, deterministic=True)
+    return command_pb2.Result(response=packed)
+
+
+def _decode_result(result: command_pb2.Result) -> Result:
+    if result.WhichOneof("outcome") == "error":
+        return Refusal(Code(result.error.code), result.error.message)
+    descriptor = descriptor_pool.Default().FindMessageTypeByName(result.response.TypeName())
+    message = message_factory.GetMessageClass(descriptor)()
+    result.response.Unpack(message)
+    return message
