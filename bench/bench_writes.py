@@ -154,9 +154,12 @@ def _loadgen_process(conn: Connection, addresses: list[str], clients: int, warmu
 
 
 async def _receive(conn: Connection, timeout: float) -> object:
-    if not await asyncio.to_thread(conn.poll, timeout):
-        raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
-    item = conn.recv()
+    try:
+        if not await asyncio.to_thread(conn.poll, timeout):
+            raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
+        item = conn.recv()
+    except EOFError:
+        raise RuntimeError("the load generator process died without a word") from None
     if isinstance(item, Exception):
         raise item
     return item

@@ -1,0 +1,129 @@
+"""The router's shared rules: time only from the leader's clock, retries applied once,
+snapshots exact.  A tiny counter component stands in for a service here."""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from dsync.fsm.v1 import command_pb2
+from server.fsm.base import ApplyContext, Code, Refusal, Result
+from server.fsm.router import SESSION_IDLE_MS, SESSION_RESULTS, DsyncStateMachine
+
+
+class Counter:
+    """Counts applies; refuses b"bad"; records the times `advance` saw."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seen_now: list[int] = []
+
+    def apply(self, command: bytes, ctx: ApplyContext) -> Result:
+        if command == b"bad":
+            return Refusal(Code.INVALID_ARGUMENT, "bad")
+        self.count += 1
+        return wrappers_pb2.UInt64Value(value=self.count)
+
+    def advance(self, ctx: ApplyContext) -> None:
+        self.seen_now.append(ctx.now_ms)
+
+    def snapshot(self) -> bytes:
+        return self.count.to_bytes(8, "big")
+
+    def restore(self, data: bytes) -> None:
+        self.count = int.from_bytes(data, "big") if data else 0
+
+
+def cmd(payload: bytes = b"x", client: str = "", seq: int = 0) -> bytes:
+    return command_pb2.Command(client_id=client, sequence=seq, lock=payload).SerializeToString()
+
+
+def clock(term: int, ms: int) -> bytes:
+    return command_pb2.Command(clock=command_pb2.Clock(term=term, monotonic_ms=ms)).SerializeToString()
+
+
+def machine() -> tuple[DsyncStateMachine, Counter]:
+    counter = Counter()
+    return DsyncStateMachine({"lock": counter}), counter
+
+
+def test_time_advances_by_differences_within_a_term_and_stands_still_across_terms() -> None:
+    fsm, counter = machine()
+    fsm.apply(1, clock(term=1, ms=5_000))  # first reading: an epoch starts, time stays 0
+    fsm.apply(2, clock(term=1, ms=5_300))
+    assert fsm.now_ms == 300
+    # A new leader whose clock reads far behind (or ahead): a new epoch, no jump.
+    fsm.apply(3, clock(term=2, ms=10))
+    assert fsm.now_ms == 300
+    fsm.apply(4, clock(term=2, ms=110))
+    assert fsm.now_ms == 400
+    # A deposed leader's reading committed late, and a reading going backwards: ignored.
+    fsm.apply(5, clock(term=1, ms=99_999))
+    fsm.apply(6, clock(term=2, ms=50))
+    assert fsm.now_ms == 400
+    assert counter.seen_now == [300, 400]
+
+
+def test_a_retried_write_is_applied_once_and_gets_the_first_result() -> None:
+    fsm, counter = machine()
+    first = fsm.apply(1, cmd(client="c1", seq=1))
+    again = fsm.apply(2, cmd(client="c1", seq=1))
+    assert first == again == wrappers_pb2.UInt64Value(value=1)
+    assert counter.count == 1
+    assert fsm.apply(3, cmd(client="c1", seq=2)) == wrappers_pb2.UInt64Value(value=2)
+    assert fsm.apply(4, cmd(client="c2", seq=1)) == wrappers_pb2.UInt64Value(value=3)
+    # Without a client id nothing is deduplicated.
+    fsm.apply(5, cmd())
+    fsm.apply(6, cmd())
+    assert counter.count == 5
+
+
+def test_refusals_are_remembered_too_and_forgotten_sequences_are_refused() -> None:
+    fsm, counter = machine()
+    refused = fsm.apply(1, cmd(b"bad", client="c", seq=1))
+    assert isinstance(refused, Refusal) and fsm.apply(2, cmd(b"x", client="c", seq=1)) == refused
+    for seq in range(2, SESSION_RESULTS + 3):
+        fsm.apply(seq + 1, cmd(client="c", seq=seq))
+    stale = fsm.apply(10_000, cmd(client="c", seq=1))
+    assert isinstance(stale, Refusal) and stale.code is Code.FAILED_PRECONDITION
+    assert "header.sequence" in stale.message
+
+
+def test_idle_sessions_expire_with_cluster_time() -> None:
+    fsm, counter = machine()
+    fsm.apply(1, clock(1, 0))
+    fsm.apply(2, cmd(client="c", seq=1))
+    fsm.apply(3, clock(1, SESSION_IDLE_MS + 1))
+    fsm.apply(4, cmd(client="c", seq=1))  # the session is gone: applied again
+    assert counter.count == 2
+
+
+def test_undecodable_or_empty_commands_are_refused_without_effect() -> None:
+    fsm, counter = machine()
+    for junk in (b"\xff\xff\xff", command_pb2.Command().SerializeToString(), cmd_for("queue")):
+        result = fsm.apply(1, junk)
+        assert isinstance(result, Refusal) and result.code is Code.INVALID_ARGUMENT
+    assert counter.count == 0
+
+
+def cmd_for(service: str) -> bytes:
+    envelope = command_pb2.Command()
+    setattr(envelope, service, b"x")
+    return envelope.SerializeToString()
+
+
+def test_snapshot_restores_clock_sessions_and_components_exactly() -> None:
+    fsm, counter = machine()
+    fsm.apply(1, clock(3, 1_000))
+    fsm.apply(2, clock(3, 1_250))
+    fsm.apply(3, cmd(client="c", seq=7))
+    fsm.apply(4, cmd(b"bad", client="d", seq=1))
+    data = fsm.snapshot()
+    copy, copied = machine()
+    copy.restore(data)
+    assert copy.snapshot() == data
+    assert (copy.clock_term, copy.last_reading_ms, copy.now_ms) == (3, 1_250, 250)
+    assert copied.count == 1
+    # The restored sessions answer retries exactly as the original would.
+    assert copy.apply(5, cmd(client="c", seq=7)) == fsm.apply(5, cmd(client="c", seq=7))
+    assert copy.apply(6, cmd(client="d", seq=1)) == fsm.apply(6, cmd(client="d", seq=1))
+    assert copied.count == counter.count == 1
