@@ -9,15 +9,18 @@ KvService.Put in a closed loop -- 16-byte values, every key distinct -- through 
 warm-up and then a measured window.  Latency is the client's view of one Put: forwarding
 by a follower, replication, fsync per the mode, apply, and the answer.
 
-The floor is `grpc_echo_floor` with the same number of callers, measured just before the
-cluster starts, with nothing else running.  Targets on the 2-core machine: writes/s at
-least 0.6 x the floor's requests/s, and p99 at most 50 ms.
+The floor is `grpc_echo_floor` with the same number of callers (callers and server in
+one process), measured just before each run's cluster starts.  Targets on the 2-core
+machine: writes/s at least 0.6 x the floor's requests/s, and p99 at most 50 ms.
 
-The load generator runs in its own process by default (`--loadgen inline` runs it on the
-benchmark's event loop instead).  Either way it shares the machine's CPUs with the three
-nodes and their redis-servers -- the floor's caller shares them with its server in the
-same way -- so every run prints the CPU each of them used (from /proc/<pid>/stat), in
-cores: CPU seconds per second of the measured window.
+The load generator runs in its own process by default, so that its CPU shows as a figure
+of its own and nothing else runs on its event loop; `--loadgen inline` runs it on the
+benchmark's loop instead.  Either way it competes for the same CPUs as the three nodes and
+their redis-servers, so every run prints what each of them used, in cores (CPU seconds per
+second of the measured window, from /proc): the writes/s are what the nodes achieved on
+what the load generator left them.  It also prints what everything else used, during the
+window and during the floor: on a shared machine other people's work takes CPU from both,
+not necessarily in the same measure, and a ratio from a disturbed run means little.
 
     .venv/bin/python -m bench.bench_writes [--seconds 5] [--clients 64] [--runs 3]
         [--modes always,everysec] [--loadgen process|inline] [--dir DIR]
@@ -36,7 +39,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -47,6 +50,7 @@ import grpc
 from bench.floors import grpc_echo_floor
 from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
 from server.cluster import LocalCluster
+from server.config import APPENDFSYNC_MODES
 
 NODES = 3
 MODES = ("always", "everysec")
@@ -60,6 +64,12 @@ LEADER_TIMEOUT_S = 30.0
 # (no leader yet, overloaded) is not hammered by a loop that burns the CPU it shares.
 ERROR_PAUSE_S = 0.01
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+MACHINE = "machine"
+# What the machine spent beyond the cluster and the load generator: other people's work on
+# a shared machine, the kernel's, and this benchmark's own bookkeeping.
+OTHERS = "everything else"
+# Beyond this many cores used by everything else, a run is flagged: its ratio means little.
+DISTURBED_CORES = 0.25
 
 
 @dataclass
@@ -69,7 +79,6 @@ class Load:
     seconds: float  # length of the window
     latencies: dict[str, list[float]]  # node address -> seconds per Put that completed in the window
     errors: Counter[str]  # gRPC status name -> failed Puts in the window
-    cpu_seconds: float  # the load generator process's own CPU time in the window
 
 
 @dataclass
@@ -81,11 +90,16 @@ class RunResult:
     via_followers: tuple[float, float]  # p50, p99 of Puts a follower forwarded
     errors: Counter[str]
     floor: float  # echo requests/s measured just before
-    cpu: dict[str, float]  # process label -> cores used in the window
+    floor_others: float  # cores that other processes used while the floor was measured
+    cpu: dict[str, float]  # process label -> cores used in the window, "everything else" included
 
     @property
     def ratio(self) -> float:
         return self.writes_per_s / self.floor
+
+    @property
+    def disturbed(self) -> bool:
+        return max(self.floor_others, self.cpu[OTHERS]) > DISTURBED_CORES
 
 
 # ---------------------------------------------------------------- load generator
@@ -127,16 +141,14 @@ async def generate(
                 if start <= done < end:
                     samples.append(done - sent)
 
-        async def window() -> float:
+        async def window() -> None:
             await asyncio.sleep(start - time.perf_counter())
             mark("start")
-            cpu = time.process_time()
             await asyncio.sleep(end - time.perf_counter())
             mark("end")
-            return time.process_time() - cpu
 
-        cpu_seconds, *_ = await asyncio.gather(window(), *(client(n) for n in range(clients)))
-        return Load(seconds, latencies, errors, cpu_seconds)
+        await asyncio.gather(window(), *(client(n) for n in range(clients)))
+        return Load(seconds, latencies, errors)
     finally:
         for ch in channels:
             await ch.close()
@@ -165,8 +177,19 @@ async def _receive(conn: Connection, timeout: float) -> object:
     return item
 
 
+# Runs the load generator somewhere; calls mark(phase, pid of the load generator's process).
+LoadRunner = Callable[[list[str], int, float, float, Callable[[str, int], None]], Awaitable[Load]]
+
+
+async def run_load_inline(
+    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
+) -> Load:
+    """`generate` on this process's event loop, beside the code that watches the cluster."""
+    return await generate(addresses, clients, warmup, seconds, lambda phase: mark(phase, os.getpid()))
+
+
 async def run_load_in_process(
-    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str], None]
+    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
 ) -> Load:
     """`generate` in a spawned process (a fork would inherit this process's gRPC state)."""
     ctx = multiprocessing.get_context("spawn")
@@ -174,13 +197,14 @@ async def run_load_in_process(
     proc = ctx.Process(target=_loadgen_process, args=(theirs, addresses, clients, warmup, seconds), daemon=True)
     proc.start()
     theirs.close()
+    assert proc.pid is not None  # set by start()
     try:
         # Start-up (interpreter, imports, connecting) plus the warm-up, then the window.
         for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
             got = await _receive(ours, timeout)
             if got != phase:
                 raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
-            mark(phase)
+            mark(phase, proc.pid)
         load = await _receive(ours, CALL_TIMEOUT_S + 10)
         assert isinstance(load, Load)
         return load
@@ -212,6 +236,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle, over all CPUs (first line of /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+async def floor_and_others(clients: int, seconds: float) -> tuple[float, float]:
+    """The echo floor's requests/s, and the cores other processes used meanwhile."""
+    busy, own, began = machine_busy_seconds(), time.process_time(), time.perf_counter()
+    floor = await grpc_echo_floor(clients=clients, seconds=seconds)
+    elapsed = time.perf_counter() - began
+    others = machine_busy_seconds() - busy - (time.process_time() - own)
+    return floor, max(others, 0.0) / elapsed
+
+
 def cluster_pids(cluster: LocalCluster, leader: str) -> dict[str, int]:
     """Label -> pid of every node and of its redis-server; the leader's label says so."""
     pids: dict[str, int] = {}
@@ -232,7 +272,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
-    floor = await grpc_echo_floor(clients=args.clients, seconds=args.seconds)
+    floor, floor_others = await floor_and_others(args.clients, args.seconds)
     with tempfile.TemporaryDirectory(dir=root, prefix=f"bench-writes-{mode}-") as data_dir:
         ports = free_ports(3 * NODES)
         cluster = LocalCluster(
@@ -248,13 +288,17 @@ async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
             await cluster.start()
             leader = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
             pids = cluster_pids(cluster, leader)
+            loadgen = f"load generator ({args.loadgen})"
             samples: dict[str, dict[str, float]] = {}
 
-            def mark(phase: str) -> None:
-                samples[phase] = {label: cpu_seconds(pid) for label, pid in pids.items()}
+            def mark(phase: str, loadgen_pid: int) -> None:
+                sample = {label: cpu_seconds(pid) for label, pid in pids.items()}
+                sample[loadgen] = cpu_seconds(loadgen_pid)
+                sample[MACHINE] = machine_busy_seconds()
+                samples[phase] = sample
 
             addresses = [node.grpc_address for node in cluster]
-            run_load = run_load_in_process if args.loadgen == "process" else generate
+            run_load: LoadRunner = run_load_in_process if args.loadgen == "process" else run_load_inline
             load = await run_load(addresses, args.clients, args.warmup, args.seconds, mark)
             leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
             if leader_after != leader:
@@ -265,8 +309,9 @@ async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
     everything = [s for samples_ in load.latencies.values() for s in samples_]
     p50, p99 = percentiles(everything)
     forwarded = [s for address, samples_ in load.latencies.items() if address != leader_address for s in samples_]
-    cpu = {label: (samples["end"][label] - samples["start"][label]) / load.seconds for label in pids}
-    cpu[f"load generator ({args.loadgen})"] = load.cpu_seconds / load.seconds
+    used = {label: (samples["end"][label] - samples["start"][label]) / load.seconds for label in samples["end"]}
+    machine = used.pop(MACHINE)
+    used[OTHERS] = max(machine - sum(used.values()), 0.0)
     return RunResult(
         writes_per_s=len(everything) / load.seconds,
         p50=p50,
@@ -275,7 +320,8 @@ async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
         via_followers=percentiles(forwarded),
         errors=load.errors,
         floor=floor,
-        cpu=cpu,
+        floor_others=floor_others,
+        cpu=used,
     )
 
 
@@ -299,6 +345,8 @@ def print_run(n: int, runs: int, result: RunResult) -> None:
     )
     used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
     print(f"    CPU, cores: {used}  (total {sum(result.cpu.values()):.2f} of {os.cpu_count()})")
+    flag = f"  DISTURBED (> {DISTURBED_CORES} cores): the ratio is unreliable" if result.disturbed else ""
+    print(f"    while the floor was measured, other processes used {result.floor_others:.2f} cores{flag}")
 
 
 def print_median(mode: str, results: list[RunResult]) -> None:
@@ -310,6 +358,7 @@ def print_median(mode: str, results: list[RunResult]) -> None:
         f"  p50 {_ms(statistics.median(r.p50 for r in results))}  p99 {_ms(p99)}"
         f"  floor {statistics.median(r.floor for r in results):,.0f} req/s  ratio {ratio:.2f}"
         f"  errors {sum(sum(r.errors.values()) for r in results)}"
+        f"  disturbed runs {sum(r.disturbed for r in results)}"
     )
     print(
         f"  target ratio >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'NOT met'};"
@@ -332,14 +381,14 @@ async def main() -> None:
     args = parser.parse_args()
     modes = args.modes.split(",")
     for mode in modes:
-        if mode not in ("always", "everysec", "no"):
-            parser.error(f"unknown appendfsync mode {mode!r}; choose from always, everysec, no")
+        if mode not in APPENDFSYNC_MODES:
+            parser.error(f"unknown appendfsync mode {mode!r}; choose from {', '.join(APPENDFSYNC_MODES)}")
     if args.seconds <= 0 or args.warmup < 0 or args.clients < 1 or args.runs < 1:
         parser.error("need --seconds > 0, --warmup >= 0, --clients >= 1 and --runs >= 1")
     print(
         f"{NODES} nodes + {NODES} redis-servers + the load generator ({args.loadgen}) share {os.cpu_count()} CPUs;"
         f" {args.clients} clients, {len(VALUE)}-byte values, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
-        f" floor: grpc.aio echo, {args.clients} callers, alone on the machine"
+        f" floor: grpc.aio echo, {args.clients} callers and the server in one process, just before each cluster"
     )
     for mode in modes:
         print(f"appendfsync={mode}")

@@ -24,6 +24,7 @@ from server.raft.quorum import majority
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 APPENDFSYNC_MODES = ("always", "everysec", "no")
+CACHE_POLICIES = ("lru", "lfu")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,10 @@ class NodeConfig:
     appendfsync: str
     tick_ms: int
     election_ticks: int
+    # Part of the replicated state machine's contract: every node must use the same values.
+    cache_max_entries: int
+    cache_max_bytes: int
+    cache_policy: str
 
     @property
     def me(self) -> Member:
@@ -176,6 +181,9 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
     appendfsync = env.get("REDIS_APPENDFSYNC", "always").strip() or "always"
     if appendfsync not in APPENDFSYNC_MODES:
         raise ConfigError(f"REDIS_APPENDFSYNC={appendfsync!r} must be one of {APPENDFSYNC_MODES}")
+    cache_policy = env.get("CACHE_POLICY", "lru").strip().lower() or "lru"
+    if cache_policy not in CACHE_POLICIES:
+        raise ConfigError(f"CACHE_POLICY={cache_policy!r} must be one of {CACHE_POLICIES}")
     http_port = _port(env, "HTTP_PORT", 8001)
     metrics_port = _port(env, "METRICS_PORT", 9001)
     ports = {"GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "METRICS_PORT": metrics_port}
@@ -194,4 +202,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
         appendfsync=appendfsync,
         tick_ms=_int(env, "TICK_MS", 50, 1, 10_000),
         election_ticks=_int(env, "ELECTION_TICKS", 10, 2, 1000),
+        cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 100_000, 1, 100_000_000),
+        cache_max_bytes=_int(env, "CACHE_MAX_BYTES", 256 << 20, 1024, 1 << 40),
+        cache_policy=cache_policy,
     )

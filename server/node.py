@@ -15,6 +15,8 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -23,12 +25,23 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
-from server.api.internal_kv import KvServicer
+from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc, lock_pb2, lock_pb2_grpc
+from dsync.v1 import queue_pb2, queue_pb2_grpc
+from server.api.cache_service import CacheServicer
+from server.api.clock import run_clock
+from server.api.cluster_service import ClusterServicer
+from server.api.context import ServiceContext
+from server.api.events import EventHub
+from server.api.lock_service import LockServicer
+from server.api.queue_service import QueueServicer
 from server.config import NodeConfig
-from server.fsm.kv import KvStateMachine
+from server.fsm.cache import CacheMachine
+from server.fsm.lock import LockMachine
+from server.fsm.queue import QueueMachine
+from server.fsm.router import DsyncStateMachine
 from server.gateway.metrics import metrics_app
-from server.gateway.status import status_app
+from server.gateway.status import add_status_routes
+from server.gateway.transcoder import Route, gateway_app, routes_for
 from server.raft import Config, Role
 from server.replica.boot import open_core
 from server.replica.replica import Replica
@@ -72,10 +85,18 @@ class Node:
         self._grpc: grpc.aio.Server | None = None
         self._runners: list[web.AppRunner] = []
         self._health = health.aio.HealthServicer()
-        self._health_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._peer_service: RaftPeerServicer | None = None
         self.replica: Replica | None = None
-        self.kv = KvStateMachine()
+        self.hub = EventHub()
+        self.machine = DsyncStateMachine(
+            {
+                "lock": LockMachine(),
+                "queue": QueueMachine(),
+                "cache": CacheMachine(config.cache_max_entries, config.cache_max_bytes, config.cache_policy),  # type: ignore[arg-type]
+            }
+        )
+        self.machine.emit = self.hub.publish
 
     async def start(self) -> None:
         cfg = self.config
@@ -86,28 +107,44 @@ class Node:
         raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks)
         core = await open_core(raft_config, self._storage, random.Random())
         self._transport = GrpcTransport(cfg.node_id, cfg.peers)
-        self.replica = Replica(core, self._storage, self._transport, self.kv, tick_interval=cfg.tick_ms / 1000)
+        self.replica = Replica(core, self._storage, self._transport, self.machine, tick_interval=cfg.tick_ms / 1000)
 
         server = grpc.aio.server(options=wire.SERVER_OPTIONS)
         self._peer_service = RaftPeerServicer(self.replica.inbox, cfg.node_id)
         add_raft_service(server, self._peer_service)
-        kv_pb2_grpc.add_KvServiceServicer_to_server(KvServicer(self.replica, self.kv), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        ctx = ServiceContext(self.replica, self.machine, self.hub)
+        members = {m.name: m.address for m in cfg.members}
+        routes: list[Route] = []
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        services: list[tuple[Any, Any, Callable[[Any, grpc.aio.Server], None]]] = [
+            (lock_pb2, LockServicer(ctx), lock_pb2_grpc.add_LockServiceServicer_to_server),
+            (queue_pb2, QueueServicer(ctx), queue_pb2_grpc.add_QueueServiceServicer_to_server),
+            (cache_pb2, CacheServicer(ctx), cache_pb2_grpc.add_CacheServiceServicer_to_server),
             (
-                kv_pb2.DESCRIPTOR.services_by_name["KvService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
+                cluster_pb2,
+                ClusterServicer(ctx, members, self._peer_service.last_contact),
+                cluster_pb2_grpc.add_ClusterServiceServicer_to_server,
             ),
-            server,
-        )
+        ]
+        for module, servicer, register in services:
+            register(servicer, server)
+            (descriptor,) = module.DESCRIPTOR.services_by_name.values()
+            names.append(descriptor.full_name)
+            routes.extend(routes_for(descriptor, servicer))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(names, server)
         server.add_insecure_port(f"{cfg.bind_host}:{cfg.grpc_port}")
         self._grpc = server
         await self.replica.start()
         await server.start()
-        await self._serve_http(status_app(self._healthy, self.raft_state), cfg.http_port)
+        http = gateway_app(routes)
+        add_status_routes(http, self._healthy, self.raft_state)
+        await self._serve_http(http, cfg.http_port)
         await self._serve_http(metrics_app(), cfg.metrics_port)
-        self._health_task = asyncio.create_task(self._track_health(), name="health")
+        self._background = [
+            asyncio.create_task(self._track_health(), name="health"),
+            asyncio.create_task(run_clock(self.replica), name="clock"),
+        ]
         logger.info(
             "node %s serving: gRPC %s:%d, HTTP %d, metrics %d, redis %s",
             cfg.node_id,
@@ -124,10 +161,10 @@ class Node:
         await self.replica.join()
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+                await task
         if self._grpc is not None:
             await self._grpc.stop(_STOP_GRACE_S)
         for runner in self._runners:

@@ -11,7 +11,7 @@ HealthProbe = Callable[[], tuple[bool, str]]
 StateProbe = Callable[[], dict[str, object]]
 
 
-def status_app(health: HealthProbe, state: StateProbe) -> web.Application:
+def add_status_routes(app: web.Application, health: HealthProbe, state: StateProbe) -> None:
     async def get_health(request: web.Request) -> web.Response:
         serving, reason = health()
         return web.json_response(
@@ -22,7 +22,5 @@ def status_app(health: HealthProbe, state: StateProbe) -> web.Application:
     async def get_state(request: web.Request) -> web.Response:
         return web.json_response(state())
 
-    app = web.Application()
     app.router.add_get("/health", get_health)
     app.router.add_get("/raft/state", get_state)
-    return app

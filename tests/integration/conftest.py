@@ -10,7 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
+from google.protobuf import struct_pb2
+
+from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 from server.cluster import LocalCluster
 
 TICK_MS = 50
@@ -52,19 +54,21 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 
 
 class Kv:
-    """The internal KV service of every node, by node name."""
+    """Every node's CacheService, by node name: writes and reads to prove the runtime."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self._channels = {n.name: grpc.aio.insecure_channel(n.grpc_address) for n in cluster}
-        self.stubs = {name: kv_pb2_grpc.KvServiceStub(ch) for name, ch in self._channels.items()}
+        self.stubs = {name: cache_pb2_grpc.CacheServiceStub(ch) for name, ch in self._channels.items()}
 
     async def put(self, node: str, key: str, value: bytes) -> int:
-        reply = await self.stubs[node].Put(kv_pb2.PutRequest(key=key, value=value), timeout=10)
+        request = cache_pb2.PutRequest(key=key, value=struct_pb2.Value(string_value=value.decode()))
+        reply = await self.stubs[node].Put(request, timeout=10)
         return reply.version
 
     async def get(self, node: str, key: str, linearizable: bool = True) -> bytes | None:
-        reply = await self.stubs[node].Get(kv_pb2.GetRequest(key=key, linearizable=linearizable), timeout=10)
-        return reply.value if reply.found else None
+        consistency = common_pb2.CONSISTENCY_LINEARIZABLE if linearizable else common_pb2.CONSISTENCY_LOCAL
+        reply = await self.stubs[node].Get(cache_pb2.GetRequest(key=key, consistency=consistency), timeout=10)
+        return reply.value.string_value.encode() if reply.found else None
 
     async def close(self) -> None:
         for channel in self._channels.values():

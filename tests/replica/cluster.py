@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from server.fsm.kv import KvStateMachine
+from tests.replica.kv_machine import KvStateMachine
 from server.raft import Config, NodeId, Role
 from server.replica import Replica, open_core
 from server.storage.memory import MemoryRaftStorage

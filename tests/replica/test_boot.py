@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.fsm.kv import encode_put
+from tests.replica.kv_machine import encode_put
 from server.raft import Config, Entry, HardState, SnapshotMeta
 from server.replica import MissingSnapshotError, open_core
 from server.storage.memory import MemoryRaftStorage

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from server.fsm.kv import encode_put
+from tests.replica.kv_machine import encode_put
 from server.raft import Role
 from server.replica import NoLeader, ProposalDropped, ReplicaError
 

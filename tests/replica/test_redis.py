@@ -6,7 +6,7 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from server.fsm.kv import encode_put
+from tests.replica.kv_machine import encode_put
 from server.raft import NodeId
 from server.storage.embedded_redis import EmbeddedRedis
 from server.storage.protocols import RaftStorage

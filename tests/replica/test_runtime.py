@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from server.fsm.kv import KvStateMachine, encode_put
+from tests.replica.kv_machine import KvStateMachine, encode_put
 from server.raft import Entry, HardState
 from server.replica import Overloaded, Stopped
 from server.storage.memory import MemoryRaftStorage

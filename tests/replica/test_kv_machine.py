@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.fsm.kv import MAX_KEY_BYTES, KvError, KvStateMachine, encode_delete, encode_put
+from tests.replica.kv_machine import MAX_KEY_BYTES, KvError, KvStateMachine, encode_delete, encode_put
 
 keys = st.text(max_size=12)
 commands = st.one_of(

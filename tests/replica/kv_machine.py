@@ -1,8 +1,7 @@
-"""A minimal replicated key-value map: internal, it proves the replica runtime.
+"""A minimal replicated key-value map: the simplest real state machine to drive the replica with.
 
-It stands in until the lock, queue and cache machines land, so it is kept as small as
-a state machine can be while still exercising everything the runtime relies on:
-deterministic results, error results instead of exceptions, and exact snapshots.
+Kept as small as a state machine can be while still exercising everything the runtime
+relies on: deterministic results, error results instead of exceptions, exact snapshots.
 
 Commands (byte layouts, integers big-endian):
     PUT     b"P" | key length u16 | key UTF-8 | value bytes (the rest)

@@ -1,0 +1,129 @@
+"""The public LockService: writes through the log, reads from this node's replica.
+
+A blocking Acquire is one log entry: the state machine either grants it or queues it.
+A queued request's grant, timeout or deadlock-free end is decided later by the state
+machine -- committed, the same on every replica -- and announced as an event on each
+node; the RPC registered for that event *before* proposing, so it cannot miss one
+decided in the very apply that queued it.  The servicer only reports the decision.
+
+Its own wall-clock limit (timeout plus `WAIT_GRACE_S`) is a safety net for when cluster
+time stalls (no leader, so no clock entries): it then proposes a Withdraw, whose
+committed result says whether the lock was granted after all, so the RPC never answers
+ABORTED for a wait that could still be granted.
+
+Reads (Validate, GetLock, ListLocks) are linearizable by default: a read barrier, then
+this node's replica.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from dsync.fsm.v1 import lock_pb2 as fsm_lock_pb2
+from dsync.v1 import common_pb2, lock_pb2, lock_pb2_grpc
+from server.api import lock_requests
+from server.api.commands import execute
+from server.api.context import ServiceContext
+from server.api.errors import ServiceError, rpc
+from server.api.events import Expectation
+from server.fsm.lock import LockGranted, LockMachine, LockWaitEnded, wait_key
+from server.fsm.lock_state import Mode
+
+Context = grpc.aio.ServicerContext[object, object]
+
+# Beyond its timeout, how long a waiting Acquire trusts cluster time to end the wait
+# before withdrawing it: covers a leader election (about a second) and commit latency.
+WAIT_GRACE_S = 5.0
+
+
+class LockServicer(lock_pb2_grpc.LockServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        locks = ctx.machine.components.get("lock")
+        if not isinstance(locks, LockMachine):
+            raise ValueError("the lock service needs a LockMachine as the state machine's 'lock' component")
+        self._ctx = ctx
+        self._locks = locks
+
+    @rpc
+    async def Acquire(self, request: lock_pb2.AcquireRequest, context: Context) -> lock_pb2.AcquireResponse:
+        command = lock_requests.acquire(request)
+        with self._ctx.hub.expect(wait_key(command.resource, command.owner)) as expectation:
+            outcome = await self._propose(fsm_lock_pb2.LockCommand(acquire=command), request.header)
+            if outcome.HasField("granted"):
+                return outcome.granted
+            return await self._await_grant(expectation, command)
+
+    @rpc
+    async def Release(self, request: lock_pb2.ReleaseRequest, context: Context) -> lock_pb2.ReleaseResponse:
+        command = fsm_lock_pb2.LockCommand(release=lock_requests.release(request))
+        return await execute(self._ctx.replica, "lock", command, request.header, lock_pb2.ReleaseResponse)
+
+    @rpc
+    async def Refresh(self, request: lock_pb2.RefreshRequest, context: Context) -> lock_pb2.RefreshResponse:
+        command = fsm_lock_pb2.LockCommand(refresh=lock_requests.refresh(request))
+        return await execute(self._ctx.replica, "lock", command, request.header, lock_pb2.RefreshResponse)
+
+    @rpc
+    async def Validate(self, request: lock_pb2.ValidateRequest, context: Context) -> lock_pb2.ValidateResponse:
+        lock_requests.check_validate(request)
+        await self._barrier(request.consistency)
+        return self._locks.validate(request.resource, request.owner, request.fencing_token, self._now_ms)
+
+    @rpc
+    async def GetLock(self, request: lock_pb2.GetLockRequest, context: Context) -> lock_pb2.GetLockResponse:
+        lock_requests.check_name("resource", request.resource)
+        await self._barrier(request.consistency)
+        return lock_pb2.GetLockResponse(lock=self._locks.describe(request.resource, self._now_ms))
+
+    @rpc
+    async def ListLocks(self, request: lock_pb2.ListLocksRequest, context: Context) -> lock_pb2.ListLocksResponse:
+        lock_requests.check_list(request)
+        limit = lock_requests.page_size(request)
+        await self._barrier(request.consistency)
+        locks, next_token = self._locks.page(request.prefix, request.page_token, limit, self._now_ms)
+        return lock_pb2.ListLocksResponse(locks=locks, next_page_token=next_token)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def _now_ms(self) -> int:
+        return self._ctx.machine.now_ms
+
+    async def _barrier(self, consistency: common_pb2.Consistency.ValueType) -> None:
+        if lock_requests.linearizable(consistency):
+            await self._ctx.replica.read_barrier()
+
+    async def _propose(
+        self, command: fsm_lock_pb2.LockCommand, header: common_pb2.RequestHeader
+    ) -> fsm_lock_pb2.LockAcquireOutcome:
+        return await execute(self._ctx.replica, "lock", command, header, fsm_lock_pb2.LockAcquireOutcome)
+
+    async def _await_grant(
+        self, expectation: Expectation, command: fsm_lock_pb2.LockCommand.Acquire
+    ) -> lock_pb2.AcquireResponse:
+        resource, owner, mode = command.resource, command.owner, Mode(command.mode)
+        if not expectation.future.done() and not self._locks.waits(resource, owner):
+            # A retry answered from the client's session ("queued"): the first attempt's
+            # wait already ended, before this expectation was registered.
+            held = self._locks.holding(resource, owner, mode, self._now_ms)
+            if held is not None:
+                return held
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                f"this retried request's wait for {resource!r} already ended and {owner} does not hold it "
+                f"{mode.adverb} now: acquire again with a new request",
+            )
+        event = await expectation.wait(command.timeout_ms / 1000 + WAIT_GRACE_S)
+        if isinstance(event, LockGranted):
+            return event.response
+        if isinstance(event, LockWaitEnded):
+            raise ServiceError(grpc.StatusCode.ABORTED, event.message)
+        withdraw = fsm_lock_pb2.LockCommand.Withdraw(resource=resource, owner=owner, mode=command.mode)
+        outcome = await self._propose(fsm_lock_pb2.LockCommand(withdraw=withdraw), common_pb2.RequestHeader())
+        return outcome.granted  # a Withdraw either grants or is refused (raised by execute)
+
+
+def add_lock_service(server: grpc.aio.Server, ctx: ServiceContext) -> str:
+    """Serve LockService on `server`; returns its full name, for reflection."""
+    lock_pb2_grpc.add_LockServiceServicer_to_server(LockServicer(ctx), server)
+    return lock_pb2.DESCRIPTOR.services_by_name["LockService"].full_name

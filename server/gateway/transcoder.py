@@ -1,0 +1,210 @@
+"""HTTP/JSON for every annotated RPC, with no per-endpoint code.
+
+Routes come from the `google.api.http` annotations in the service descriptors — the
+ones grpc-gateway and Envoy's transcoder read — and bodies are transcoded with
+protobuf's own JSON mapping.  A route calls the very servicer object the gRPC server
+uses, in-process (a loopback gRPC hop would cost more than the whole HTTP request), so
+HTTP and gRPC cannot drift.
+
+For curl users, enum values may be written by their short lowercase name (`"shared"` for
+`LOCK_MODE_SHARED`, `"local"` for `CONSISTENCY_LOCAL`), and numbers are accepted for
+durations in seconds, as the deployment guide writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.message_factory import GetMessageClass
+
+MAX_BODY_BYTES = 2 << 20
+
+# grpc-gateway's mapping, except FAILED_PRECONDITION -> 412 (a precondition failed).
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+class Aborted(Exception):
+    """Raised by `InProcessContext.abort`, as grpc.aio raises to end a real call."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class InProcessContext:
+    """The part of grpc.aio.ServicerContext that servicers use, for in-process calls."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()) -> None:
+        raise Aborted(code, details)
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancelled(self) -> bool:
+        return False
+
+
+Method = Callable[[ProtoMessage, Any], Awaitable[ProtoMessage]]
+
+
+@dataclass(frozen=True)
+class Route:
+    verb: str
+    path: str
+    body: str  # "*", a field name, or "" (GET: fields from the query string)
+    request: Descriptor
+    method: Method
+    rpc: str  # full name, for metrics and errors
+
+
+def routes_for(service: ServiceDescriptor, servicer: object) -> list[Route]:
+    """Every annotated method of `service`, bound to `servicer`'s implementation."""
+    found = []
+    for method in service.methods:
+        options = method.GetOptions()
+        if not options.HasExtension(annotations_pb2.http):
+            continue
+        rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if verb is None or verb == "custom":
+            continue
+        found.append(
+            Route(
+                verb.upper(),
+                getattr(rule, verb),
+                rule.body,
+                method.input_type,
+                getattr(servicer, method.name),
+                f"/{service.full_name}/{method.name}",
+            )
+        )
+    return found
+
+
+def error_response(code: grpc.StatusCode, message: str, details: Iterable[object] = ()) -> web.Response:
+    return web.json_response(
+        {"code": code.value[0], "status": code.name, "message": message, "details": list(details)},
+        status=HTTP_STATUS.get(code, 500),
+    )
+
+
+def _short_enum_names(descriptor: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite `"shared"` to `"LOCK_MODE_SHARED"` (and the like) wherever an enum is expected."""
+    out: dict[str, Any] = {}
+    for name, value in payload.items():
+        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
+        if field is not None and field.enum_type is not None and isinstance(value, str):
+            value = _enum_name(field.enum_type, value)
+        elif field is not None and field.message_type is not None and isinstance(value, dict):
+            if field.message_type.full_name.startswith("dsync."):
+                value = _short_enum_names(field.message_type, value)
+        out[name] = value
+    return out
+
+
+def _enum_name(enum: Any, value: str) -> str:
+    if value in enum.values_by_name:
+        return value
+    prefix = "".join(("_" + c if c.isupper() else c.upper()) for c in enum.name).lstrip("_")
+    candidate = f"{prefix}_{value.upper()}"
+    return candidate if candidate in enum.values_by_name else value
+
+
+def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    request_class = GetMessageClass(route.request)
+    path_fields = [f for f in route.request.fields if "{" + f.name + "}" in route.path]
+
+    async def handle(http: web.Request) -> web.Response:
+        message = request_class()
+        try:
+            payload: dict[str, Any] = {}
+            if route.body:
+                raw = await http.read()
+                if raw.strip():
+                    decoded = json.loads(raw)
+                    if route.body == "*":
+                        if not isinstance(decoded, dict):
+                            raise ValueError("the body must be a JSON object")
+                        payload = decoded
+                    else:
+                        payload = {route.body: decoded}
+            else:
+                payload = {k: v for k, v in http.query.items()}
+            for field in path_fields:
+                payload[field.name] = http.match_info[field.name]
+            json_format.ParseDict(_short_enum_names(route.request, payload), message)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(
+                {
+                    "code": grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                    "status": "PAYLOAD_TOO_LARGE",
+                    "message": f"request body larger than {MAX_BODY_BYTES} bytes: send less per request",
+                    "details": [],
+                },
+                status=413,
+            )
+        except (ValueError, json_format.ParseError) as exc:
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"bad request body: {exc}")
+        context = InProcessContext(f"http:{http.remote}")
+        try:
+            reply = await route.method(message, context)
+        except Aborted as exc:
+            return error_response(exc.code, exc.details)
+        return web.json_response(
+            json_format.MessageToDict(
+                reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+
+    return handle
+
+
+def _path_for_aiohttp(path: str) -> str:
+    # google.api.http templates "{field}" are aiohttp's own syntax for simple variables.
+    if "=" in path or "**" in path:
+        raise ValueError(f"unsupported route template {path!r}: only simple {{field}} variables")
+    return path
+
+
+def gateway_app(routes: Iterable[Route], *, middlewares: Iterable[Any] = ()) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=list(middlewares))
+    for route in routes:
+        app.router.add_route(route.verb, _path_for_aiohttp(route.path), _handler(route))
+    return app

@@ -1,0 +1,289 @@
+"""QueueService end to end: real grpc.aio channels to an in-process 3-node cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+
+from dsync.v1 import common_pb2, queue_pb2_grpc
+from dsync.v1 import queue_pb2 as api
+from server.api.queue_service import add_queue_service
+from server.fsm.queue import QueueMachine, ready_key
+from server.raft import NodeId
+from tests.api.harness import ServiceCluster, service_cluster
+from tests.replica.cluster import eventually
+
+if TYPE_CHECKING:
+    from dsync.v1.queue_pb2_grpc import QueueServiceAsyncStub as Stub
+
+RPC_TIMEOUT = 10.0
+Answer = TypeVar("Answer")
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ServiceCluster]:
+    async with service_cluster(register=[add_queue_service], components=lambda: {"queue": QueueMachine()}) as c:
+        yield c
+
+
+def queue(cluster: ServiceCluster, nid: NodeId) -> Stub:
+    return queue_pb2_grpc.QueueServiceStub(cluster.channel(nid))
+
+
+def value(data: object) -> struct_pb2.Value:
+    return json_format.Parse(json.dumps(data), struct_pb2.Value())
+
+
+async def publish(stub: Stub, topic: str, payload: bytes, **fields: object) -> api.PublishResponse:
+    request = api.PublishRequest(topic=topic, raw=payload, **fields)  # type: ignore[arg-type]
+    return await stub.Publish(request, timeout=RPC_TIMEOUT)
+
+
+async def consume(stub: Stub, topic: str, **fields: object) -> list[api.Delivery]:
+    request = api.ConsumeRequest(topic=topic, consumer="worker", **fields)  # type: ignore[arg-type]
+    return list((await stub.Consume(request, timeout=RPC_TIMEOUT)).messages)
+
+
+async def stats(stub: Stub, topic: str) -> api.StatsResponse:
+    return await stub.Stats(api.StatsRequest(topic=topic), timeout=RPC_TIMEOUT)
+
+
+async def waiting(cluster: ServiceCluster, nid: NodeId, topic: str) -> None:
+    """Until a long poll on `nid` waits for `topic`."""
+    hub = cluster.nodes[nid].hub
+    await eventually(lambda: ready_key(topic) in hub._waiting, f"a long poll on {nid} waits for {topic}")
+
+
+def test_the_deployment_guides_json_bodies_parse_into_the_requests() -> None:
+    consume_body = json_format.Parse('{"topic":"t","consumer":"c1"}', api.ConsumeRequest())
+    assert (consume_body.topic, consume_body.consumer) == ("t", "c1")
+    ack_body = json_format.Parse('{"topic":"t","id":"dad11f12fd336e4d87ebd58c6aaa2579"}', api.AckRequest())
+    assert ack_body.id == "dad11f12fd336e4d87ebd58c6aaa2579"
+    publish_body = json_format.Parse('{"topic":"t","data":{"x":1},"id":"order-7"}', api.PublishRequest())
+    assert json_format.MessageToDict(publish_body.data) == {"x": 1}
+    nack_body = json_format.Parse('{"topic":"t","id":"a","delay":1.5}', api.NackRequest())
+    assert nack_body.delay == 1.5
+
+
+async def test_publish_on_one_node_consume_on_another_ack_on_a_third(cluster: ServiceCluster) -> None:
+    published = await queue(cluster, "n1").Publish(
+        api.PublishRequest(topic="orders", data=value({"x": 1, "items": ["a", None]})), timeout=RPC_TIMEOUT
+    )
+    (delivery,) = await consume(queue(cluster, "n2"), "orders")
+    assert (delivery.id, delivery.delivery_count) == (published.id, 1)
+    assert json_format.MessageToDict(delivery.data) == {"x": 1, "items": ["a", None]}
+    await queue(cluster, "n3").Ack(
+        api.AckRequest(topic="orders", id=delivery.id, receipt=delivery.receipt), timeout=RPC_TIMEOUT
+    )
+    assert await stats(queue(cluster, "n1"), "orders") == api.StatsResponse()
+
+
+async def test_a_batch_is_published_in_order_and_consumed_in_order(cluster: ServiceCluster) -> None:
+    entries = [api.PublishBatchRequest.Entry(raw=str(i).encode()) for i in range(5)]
+    entries[2].id = "two"
+    response = await queue(cluster, "n2").PublishBatch(
+        api.PublishBatchRequest(topic="t", messages=entries), timeout=RPC_TIMEOUT
+    )
+    assert response.results[2] == api.PublishResponse(id="two")
+    got = await consume(queue(cluster, "n3"), "t", max_messages=10)
+    assert [d.raw for d in got] == [b"0", b"1", b"2", b"3", b"4"]
+    assert [d.id for d in got] == [r.id for r in response.results]
+
+
+async def test_a_long_poll_returns_as_soon_as_a_message_is_published(cluster: ServiceCluster) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    poll = asyncio.create_task(consume(queue(cluster, "n2"), "t", wait_timeout=15))
+    await waiting(cluster, "n2", "t")
+    await publish(queue(cluster, "n3"), "t", b"hello")
+    (delivery,) = await poll
+    assert delivery.raw == b"hello"
+    assert loop.time() - started < 10
+
+
+async def test_a_long_poll_with_nothing_to_deliver_answers_empty_after_its_wait(cluster: ServiceCluster) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await consume(queue(cluster, "n1"), "t", wait_timeout=0.3) == []
+    assert 0.3 <= loop.time() - started < 5
+    assert await consume(queue(cluster, "n1"), "t") == []  # no wait: at once
+    # A client deadline shorter than the wait: an empty answer in time, not DEADLINE_EXCEEDED.
+    take = api.ConsumeRequest(topic="t", consumer="w", wait_timeout=20)
+    assert await queue(cluster, "n2").Consume(take, timeout=1.0) == api.ConsumeResponse()
+
+
+async def test_a_passed_visibility_timeout_redelivers_with_delivery_count_two(cluster: ServiceCluster) -> None:
+    await publish(queue(cluster, "n1"), "t", b"slow")
+    (first,) = await consume(queue(cluster, "n1"), "t", visibility_timeout=0.2)
+    (again,) = await consume(queue(cluster, "n2"), "t", wait_timeout=15)
+    assert (again.id, again.delivery_count) == (first.id, 2)
+    # The first consumer was too slow: its receipt no longer settles the message.
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        stale_ack = api.AckRequest(topic="t", id=first.id, receipt=first.receipt)
+        await queue(cluster, "n1").Ack(stale_ack, timeout=RPC_TIMEOUT)
+    assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "receipt: stale" in str(stale.value.details())
+
+
+async def test_extend_visibility_keeps_a_message_from_a_slow_consumer(cluster: ServiceCluster) -> None:
+    await publish(queue(cluster, "n1"), "t", b"slow")
+    (held,) = await consume(queue(cluster, "n1"), "t", visibility_timeout=0.5)
+    await queue(cluster, "n2").ExtendVisibility(
+        api.ExtendVisibilityRequest(topic="t", id=held.id, receipt=held.receipt, visibility_timeout=60),
+        timeout=RPC_TIMEOUT,
+    )
+    assert await consume(queue(cluster, "n3"), "t", wait_timeout=1) == []
+    assert (await stats(queue(cluster, "n3"), "t")).in_flight_by_consumer == {"worker": 1}
+
+
+async def test_nack_with_a_delay_redelivers_after_it(cluster: ServiceCluster) -> None:
+    await publish(queue(cluster, "n1"), "t", b"retry me")
+    (first,) = await consume(queue(cluster, "n1"), "t")
+    loop = asyncio.get_running_loop()
+    nacked = await queue(cluster, "n2").Nack(api.NackRequest(topic="t", id=first.id, delay=0.4), timeout=RPC_TIMEOUT)
+    started = loop.time()
+    assert nacked == api.NackResponse()
+    assert (await stats(queue(cluster, "n3"), "t")).delayed == 1
+    assert await consume(queue(cluster, "n3"), "t") == []
+    (again,) = await consume(queue(cluster, "n3"), "t", wait_timeout=15)
+    # Time in the log is the leader's: it cannot run ahead of the wall clock (the margin
+    # covers the clock entry that preceded the nack).
+    assert loop.time() - started >= 0.25
+    assert (again.id, again.delivery_count) == (first.id, 2)
+
+
+async def test_a_message_out_of_deliveries_goes_to_the_dead_letter_topic(cluster: ServiceCluster) -> None:
+    await publish(queue(cluster, "n1"), "jobs", b"poison", max_deliveries=1, id="p-1")
+    (delivery,) = await consume(queue(cluster, "n2"), "jobs")
+    nacked = await queue(cluster, "n3").Nack(api.NackRequest(topic="jobs", id=delivery.id), timeout=RPC_TIMEOUT)
+    assert nacked.dead_lettered
+    counts = await stats(queue(cluster, "n1"), "jobs")
+    assert (counts.ready, counts.in_flight, counts.dead_lettered) == (0, 0, 1)
+    (dead,) = await consume(queue(cluster, "n1"), "jobs.dlq")
+    assert (dead.id, dead.raw, dead.delivery_count) == ("p-1", b"poison", 1)
+
+
+async def test_stats_counts_by_state_linearizably_on_any_node(cluster: ServiceCluster) -> None:
+    for i in range(3):
+        await publish(queue(cluster, "n1"), "t", str(i).encode())
+    await publish(queue(cluster, "n1"), "t", b"later", delay=600)
+    await consume(queue(cluster, "n2"), "t")
+    for nid in ("n1", "n2", "n3"):
+        counts = await stats(queue(cluster, nid), "t")
+        assert (counts.ready, counts.in_flight, counts.delayed) == (2, 1, 1), nid
+        assert counts.in_flight_by_consumer == {"worker": 1} and counts.oldest_age >= 0
+    local = await queue(cluster, "n3").Stats(
+        api.StatsRequest(topic="t", consistency=common_pb2.CONSISTENCY_LOCAL), timeout=RPC_TIMEOUT
+    )
+    assert local.ready + local.in_flight + local.delayed <= 4
+
+
+async def test_acking_an_unknown_id_is_not_found(cluster: ServiceCluster) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await queue(cluster, "n2").Ack(api.AckRequest(topic="t", id="dad11f12fd336e4d"), timeout=RPC_TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "id: no message 'dad11f12fd336e4d' in topic 't'" in str(error.value.details())
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("Publish", api.PublishRequest(raw=b"x"), "topic: required"),
+        ("Publish", api.PublishRequest(topic="bad topic", raw=b"x"), "topic:"),
+        ("Publish", api.PublishRequest(topic="t"), "data: required"),
+        ("Publish", api.PublishRequest(topic="t", data=struct_pb2.Value()), "data: holds a google.protobuf.Value"),
+        ("Publish", api.PublishRequest(topic="t", data=value({"n": [1.0]}), delay=-1), "delay:"),
+        ("Publish", api.PublishRequest(topic="t", raw=b"x" * (256 * 1024 + 1)), "raw: 262145 bytes"),
+        ("Publish", api.PublishRequest(topic="t", raw=b"x", id="0123456789abcdef-7"), "id:"),
+        ("Publish", api.PublishRequest(topic="t", raw=b"x", max_deliveries=1001), "max_deliveries:"),
+        ("PublishBatch", api.PublishBatchRequest(topic="t"), "messages: 0 messages"),
+        (
+            "PublishBatch",
+            api.PublishBatchRequest(topic="t", messages=[api.PublishBatchRequest.Entry(raw=b"x", delay=901)]),
+            "messages[0].delay:",
+        ),
+        ("Consume", api.ConsumeRequest(topic="t"), "consumer: required"),
+        ("Consume", api.ConsumeRequest(topic="t", consumer="c", wait_timeout=21), "wait_timeout: 21 s; at most 20 s"),
+        ("Consume", api.ConsumeRequest(topic="t", consumer="c", visibility_timeout=-0.5), "visibility_timeout:"),
+        ("Consume", api.ConsumeRequest(topic="t", consumer="c", wait_timeout=float("nan")), "wait_timeout:"),
+        ("Consume", api.ConsumeRequest(topic="t", consumer="c", max_messages=1001), "max_messages:"),
+        ("Ack", api.AckRequest(topic="t"), "id: required"),
+        ("Ack", api.AckRequest(topic="t", id="a", receipt="not-hex"), "receipt:"),
+        ("Nack", api.NackRequest(topic="t", id="a", delay=10_000), "delay:"),
+        ("ExtendVisibility", api.ExtendVisibilityRequest(topic="t", id="a"), "visibility_timeout: required"),
+        ("Stats", api.StatsRequest(topic="t", consistency=7), "consistency:"),  # type: ignore[arg-type]
+    ],
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    cluster: ServiceCluster, method: str, request_: object, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await getattr(queue(cluster, "n1"), method)(request_, timeout=RPC_TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(error.value.details()).startswith(field), error.value.details()
+
+
+async def test_a_retried_write_with_the_same_header_is_applied_once(cluster: ServiceCluster) -> None:
+    header = common_pb2.RequestHeader(client_id="sdk-1", sequence=1)
+    first = await publish(queue(cluster, "n1"), "t", b"once", header=header)
+    again = await publish(queue(cluster, "n2"), "t", b"once", header=header)
+    assert again == first and not again.duplicate  # the first answer, not a second message
+    assert (await stats(queue(cluster, "n3"), "t")).ready == 1
+    take = api.ConsumeRequest(topic="t", consumer="w", header=common_pb2.RequestHeader(client_id="sdk-1", sequence=2))
+    delivered = await queue(cluster, "n3").Consume(take, timeout=RPC_TIMEOUT)
+    assert await queue(cluster, "n1").Consume(take, timeout=RPC_TIMEOUT) == delivered
+    assert [d.delivery_count for d in delivered.messages] == [1]
+
+
+async def test_a_leader_crash_mid_run_loses_no_acknowledged_publish() -> None:
+    async with service_cluster(
+        register=[add_queue_service], components=lambda: {"queue": QueueMachine()}, propose_timeout=1.0
+    ) as cluster:
+        leader = (await cluster.raft.leader()).id
+        acknowledged: list[bytes] = []
+
+        async def publisher() -> None:
+            for i in range(30):
+                request = api.PublishRequest(
+                    header=common_pb2.RequestHeader(client_id="publisher", sequence=i + 1), topic="t", raw=b"%d" % i
+                )
+                await retry(cluster, lambda stub: stub.Publish(request, timeout=2))
+                acknowledged.append(request.raw)
+
+        task = asyncio.create_task(publisher())
+        await eventually(lambda: len(acknowledged) >= 10, "ten publishes acknowledged")
+        await cluster.crash(leader)
+        await task
+        await cluster.raft.leader()
+        await cluster.start(leader)  # back, caught up from its log
+        survivor = queue(cluster, leader)
+        assert (await retry(cluster, lambda stub: stub.Stats(api.StatsRequest(topic="t"), timeout=2))).ready == 30
+        got = await consume(survivor, "t", max_messages=100)
+        # Every acknowledged publish, in order, each once: retries carried the same header.
+        assert [d.raw for d in got] == acknowledged
+
+
+async def retry(cluster: ServiceCluster, call: Callable[[Stub], Awaitable[Answer]]) -> Answer:
+    """Call each running node in turn until one answers, as a client would after UNAVAILABLE."""
+    retryable = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        for nid in list(cluster.nodes):
+            try:
+                return await call(queue(cluster, nid))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in retryable or loop.time() > deadline:
+                    raise
+            except asyncio.CancelledError:
+                if nid in cluster.nodes:
+                    raise
+                # The harness closed the crashed node's channel under the call: for a real
+                # client, a connection reset (UNAVAILABLE).
+        await asyncio.sleep(0.05)  # everyone is electing: give it a moment

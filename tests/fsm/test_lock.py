@@ -1,0 +1,696 @@
+"""The lock machine, driven directly as the router would: every rule of the issue, then
+random operation sequences checked against a reference model (tests/fsm/lock_model.py)
+with a copy restored from a snapshot at random points running alongside."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from dsync.fsm.v1 import command_pb2
+from dsync.fsm.v1 import lock_pb2 as fsm_lock_pb2
+from dsync.v1 import lock_pb2
+from server.fsm.base import ApplyContext, Code, Refusal, Result
+from server.fsm.lock import LockGranted, LockMachine, LockWaitEnded, wait_key
+from server.fsm.lock_rules import DEFAULT_TTL_MS, MAX_OWNERS_PER_LOCK, MAX_TIMEOUT_MS, MAX_TTL_MS
+from server.fsm.lock_state import Mode
+from server.fsm.router import DsyncStateMachine
+from tests.fsm.lock_model import Model, Outcome
+
+X, S = Mode.EXCLUSIVE, Mode.SHARED
+Command = fsm_lock_pb2.LockCommand
+
+
+def acquire(resource: str, owner: str, mode: Mode = X, timeout_ms: int = 0, ttl_ms: int = 0) -> Command:
+    op = Command.Acquire(resource=resource, owner=owner, mode=mode.wire, timeout_ms=timeout_ms, ttl_ms=ttl_ms)
+    return Command(acquire=op)
+
+
+def release(resource: str, owner: str) -> Command:
+    return Command(release=Command.Release(resource=resource, owner=owner))
+
+
+def refresh(resource: str, owner: str, ttl_ms: int = 0) -> Command:
+    return Command(refresh=Command.Refresh(resource=resource, owner=owner, ttl_ms=ttl_ms))
+
+
+def withdraw(resource: str, owner: str, mode: Mode = X) -> Command:
+    return Command(withdraw=Command.Withdraw(resource=resource, owner=owner, mode=mode.wire))
+
+
+@dataclass
+class Log:
+    """Feeds a machine as the router would: one index per entry, time moved by clock entries."""
+
+    machine: LockMachine = field(default_factory=LockMachine)
+    index: int = 0
+    now_ms: int = 0
+    events: list[object] = field(default_factory=list)
+
+    def run(self, command: Command) -> Result:
+        return self.raw(command.SerializeToString())
+
+    def raw(self, data: bytes) -> Result:
+        self.index += 1
+        return self.machine.apply(data, ApplyContext(self.index, self.now_ms, self.events.append))
+
+    def tick(self, ms: int) -> None:
+        self.index += 1
+        self.now_ms += ms
+        self.machine.advance(ApplyContext(self.index, self.now_ms, self.events.append))
+
+    def grant(self, command: Command) -> lock_pb2.AcquireResponse:
+        result = self.run(command)
+        assert isinstance(result, fsm_lock_pb2.LockAcquireOutcome) and result.HasField("granted"), result
+        return result.granted
+
+    def queued(self, command: Command) -> int:
+        result = self.run(command)
+        assert isinstance(result, fsm_lock_pb2.LockAcquireOutcome) and result.HasField("queued"), result
+        return result.queued.ahead
+
+    def refused(self, command: Command, code: Code) -> str:
+        result = self.run(command)
+        assert isinstance(result, Refusal) and result.code is code, result
+        return result.message
+
+    def info(self, resource: str) -> lock_pb2.LockInfo:
+        return self.machine.describe(resource, self.now_ms)
+
+    def holders(self, resource: str) -> list[str]:
+        return [h.owner for h in self.info(resource).holders]
+
+    def waiters(self, resource: str) -> list[str]:
+        return [w.owner for w in self.info(resource).waiters]
+
+    def take_events(self) -> list[object]:
+        events, self.events = self.events, []
+        return events
+
+
+# ---------------------------------------------------------------------- exclusivity and sharing
+
+
+def test_an_exclusive_lock_excludes_everyone_and_a_conflict_without_timeout_fails_at_once() -> None:
+    log = Log()
+    granted = log.grant(acquire("r1", "alice", ttl_ms=10_000))
+    assert (granted.owner, granted.mode, granted.fencing_token) == ("alice", lock_pb2.LOCK_MODE_EXCLUSIVE, 1)
+    assert granted.ttl_seconds == granted.expires_in_seconds == 10.0
+    message = log.refused(acquire("r1", "bob"), Code.ABORTED)
+    assert "'r1' is held exclusively by alice (token 1" in message and "pass a timeout" in message
+    log.refused(acquire("r1", "carol", S), Code.ABORTED)
+    assert log.holders("r1") == ["alice"] and log.waiters("r1") == []
+
+
+def test_shared_holders_coexist_and_exclude_an_exclusive_request() -> None:
+    log = Log()
+    a = log.grant(acquire("r2", "u1", S))
+    b = log.grant(acquire("r2", "u2", S))
+    assert a.mode == b.mode == lock_pb2.LOCK_MODE_SHARED and b.fencing_token > a.fencing_token
+    assert "held shared by u1" in log.refused(acquire("r2", "w"), Code.ABORTED)
+    info = log.info("r2")
+    assert info.mode == lock_pb2.LOCK_MODE_SHARED and [h.owner for h in info.holders] == ["u1", "u2"]
+
+
+def test_unspecified_mode_means_exclusive() -> None:
+    log = Log()
+    op = Command(acquire=Command.Acquire(resource="r", owner="a"))
+    assert log.grant(op).mode == lock_pb2.LOCK_MODE_EXCLUSIVE
+
+
+# ---------------------------------------------------------------------- waiting
+
+
+def test_waiters_are_granted_in_fifo_order_and_a_shared_request_waits_behind_an_exclusive_one() -> None:
+    log = Log()
+    log.grant(acquire("r", "reader1", S))
+    assert log.queued(acquire("r", "writer", X, timeout_ms=5_000)) == 0
+    # The lock is shared, but a writer waits: a new reader queues behind it (no writer starvation).
+    assert log.queued(acquire("r", "reader2", S, timeout_ms=5_000)) == 1
+    assert log.queued(acquire("r", "reader3", S, timeout_ms=5_000)) == 2
+    log.run(release("r", "reader1"))
+    [event] = log.take_events()
+    assert isinstance(event, LockGranted) and event.key == wait_key("r", "writer")
+    assert event.response.fencing_token == 2 and log.holders("r") == ["writer"]
+    log.run(release("r", "writer"))
+    events = log.take_events()
+    assert [e.key for e in events if isinstance(e, LockGranted)] == [wait_key("r", "reader2"), wait_key("r", "reader3")]
+    assert log.holders("r") == ["reader2", "reader3"] and log.waiters("r") == []
+
+
+def test_a_wait_times_out_at_its_deadline_names_the_holder_and_leaves_no_trace() -> None:
+    log = Log()
+    log.grant(acquire("r", "alice", ttl_ms=60_000))
+    log.queued(acquire("r", "bob", timeout_ms=2_000))
+    log.tick(10)  # the wait's time starts at the first clock entry after it
+    log.tick(1_999)
+    assert log.take_events() == [] and log.waiters("r") == ["bob"]
+    log.tick(1)
+    [event] = log.take_events()
+    assert isinstance(event, LockWaitEnded) and event.key == wait_key("r", "bob")
+    assert "timed out waiting for 'r'" in event.message and "held exclusively by alice" in event.message
+    assert log.waiters("r") == [] and not log.machine.waits("r", "bob")
+
+
+def test_a_timed_out_exclusive_waiter_lets_the_shared_requests_behind_it_in() -> None:
+    log = Log()
+    log.grant(acquire("r", "reader1", S))
+    log.queued(acquire("r", "writer", X, timeout_ms=1_000))
+    log.queued(acquire("r", "reader2", S, timeout_ms=5_000))
+    log.tick(1)
+    log.tick(1_000)
+    ended, granted = log.take_events()
+    assert isinstance(ended, LockWaitEnded) and isinstance(granted, LockGranted)
+    assert granted.key == wait_key("r", "reader2") and log.holders("r") == ["reader1", "reader2"]
+
+
+def test_a_lease_ending_as_a_wait_times_out_grants_the_waiter() -> None:
+    log = Log()
+    log.grant(acquire("r", "alice", ttl_ms=1_000))
+    log.queued(acquire("r", "bob", timeout_ms=1_000))
+    log.tick(1)
+    log.tick(1_000)
+    [event] = log.take_events()
+    assert isinstance(event, LockGranted) and log.holders("r") == ["bob"]
+
+
+def test_asking_again_while_waiting_joins_the_same_wait() -> None:
+    log = Log()
+    log.grant(acquire("r", "a"))
+    log.queued(acquire("r", "b", timeout_ms=1_000))
+    log.queued(acquire("r", "c", timeout_ms=1_000))
+    assert log.queued(acquire("r", "c", timeout_ms=9_000)) == 1
+    assert "c's earlier request still waits" in log.refused(acquire("r", "c"), Code.ABORTED)
+    assert "already waits for 'r' in exclusive mode" in log.refused(
+        acquire("r", "c", S, timeout_ms=1_000), Code.FAILED_PRECONDITION
+    )
+    assert log.waiters("r") == ["b", "c"]
+
+
+# ---------------------------------------------------------------------- fencing tokens
+
+
+def test_tokens_grow_with_every_grant_and_a_same_mode_reacquire_is_idempotent() -> None:
+    log = Log()
+    first = log.grant(acquire("r", "a", ttl_ms=1_000))
+    log.tick(400)
+    again = log.grant(acquire("r", "a", ttl_ms=2_000))  # same token, lease renewed with the new ttl
+    assert again.fencing_token == first.fencing_token and again.expires_in_seconds == 2.0
+    assert log.grant(acquire("r", "a", S)).mode == lock_pb2.LOCK_MODE_EXCLUSIVE  # exclusive gives shared
+    log.run(release("r", "a"))
+    assert log.grant(acquire("r", "a")).fencing_token == first.fencing_token + 1
+    assert log.grant(acquire("other", "a")).fencing_token == first.fencing_token + 2
+
+
+def test_validate_holds_only_for_the_current_grant() -> None:
+    log = Log()
+    token = log.grant(acquire("r", "a", ttl_ms=5_000)).fencing_token
+    valid = log.machine.validate("r", "a", token, log.now_ms)
+    assert valid.valid and valid.mode == lock_pb2.LOCK_MODE_EXCLUSIVE and valid.expires_in_seconds == 5.0
+    assert not log.machine.validate("r", "a", token + 1, log.now_ms).valid
+    assert not log.machine.validate("r", "b", token, log.now_ms).valid
+    log.run(release("r", "a"))
+    log.grant(acquire("r", "a"))
+    assert log.machine.validate("r", "a", token, log.now_ms) == lock_pb2.ValidateResponse(valid=False)
+
+
+# ---------------------------------------------------------------------- upgrades
+
+
+def test_the_only_shared_holder_upgrades_at_once_with_a_new_token() -> None:
+    log = Log()
+    shared = log.grant(acquire("r", "a", S))
+    upgraded = log.grant(acquire("r", "a", X))
+    assert upgraded.mode == lock_pb2.LOCK_MODE_EXCLUSIVE and upgraded.fencing_token > shared.fencing_token
+    assert not log.machine.validate("r", "a", shared.fencing_token, log.now_ms).valid
+
+
+def test_an_upgrade_beside_other_holders_fails_at_once_or_waits_at_the_front_keeping_its_hold() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", S))
+    log.grant(acquire("r", "b", S))
+    assert "held shared by a" in log.refused(acquire("r", "a", X), Code.ABORTED)
+    log.grant(acquire("x", "w"))  # unrelated
+    log.grant(acquire("r2", "c"))
+    log.queued(acquire("r", "c", X, timeout_ms=9_000))  # an ordinary writer, queued first
+    assert log.queued(acquire("r", "a", X, timeout_ms=9_000)) == 0  # the upgrade goes in front of it
+    info = log.info("r")
+    assert [(w.owner, w.upgrade) for w in info.waiters] == [("a", True), ("c", False)]
+    assert [h.owner for h in info.holders] == ["a", "b"]  # a still holds shared meanwhile
+    log.run(release("r", "b"))
+    [event] = log.take_events()
+    assert isinstance(event, LockGranted) and event.key == wait_key("r", "a")
+    assert event.response.mode == lock_pb2.LOCK_MODE_EXCLUSIVE and log.waiters("r") == ["c"]
+
+
+def test_two_holders_upgrading_at_once_is_a_deadlock_for_the_second() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", S))
+    log.grant(acquire("r", "b", S))
+    log.queued(acquire("r", "a", X, timeout_ms=5_000))
+    message = log.refused(acquire("r", "b", X, timeout_ms=5_000), Code.ABORTED)
+    assert message.startswith("deadlock: b waits for r held by a, a waits for r held by b")
+
+
+def test_an_upgrade_wait_ends_when_its_shared_hold_does() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", S, ttl_ms=1_000))
+    log.grant(acquire("r", "b", S, ttl_ms=60_000))
+    log.queued(acquire("r", "a", X, timeout_ms=5_000))
+    log.tick(1)
+    log.tick(1_000)  # a's lease expires: it holds nothing to upgrade any more
+    [event] = log.take_events()
+    assert isinstance(event, LockWaitEnded) and "its lease expired" in event.message
+    assert log.holders("r") == ["b"] and log.waiters("r") == []
+
+
+def test_an_upgrade_that_times_out_still_holds_shared() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", S, ttl_ms=60_000))
+    log.grant(acquire("r", "b", S, ttl_ms=60_000))
+    log.queued(acquire("r", "a", X, timeout_ms=1_000))
+    log.tick(1)
+    log.tick(1_000)
+    assert isinstance(log.take_events()[0], LockWaitEnded)
+    assert log.holders("r") == ["a", "b"] and log.info("r").mode == lock_pb2.LOCK_MODE_SHARED
+
+
+# ---------------------------------------------------------------------- leases
+
+
+def test_a_lease_expires_ttl_after_the_last_refresh_and_the_waiter_advances() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", ttl_ms=1_000))
+    log.queued(acquire("r", "b", timeout_ms=10_000, ttl_ms=3_000))
+    log.tick(1)
+    log.tick(900)
+    refreshed = log.run(refresh("r", "a"))
+    assert isinstance(refreshed, lock_pb2.RefreshResponse) and refreshed.expires_in_seconds == 1.0
+    log.tick(1)  # the renewed lease counts from here
+    log.tick(999)
+    assert log.holders("r") == ["a"]
+    log.tick(1)
+    [event] = log.take_events()
+    assert isinstance(event, LockGranted) and event.response.expires_in_seconds == 3.0
+    assert log.holders("r") == ["b"]
+
+
+def test_a_lease_counts_from_the_clock_entry_after_its_grant_never_from_an_older_reading() -> None:
+    """State-machine time is the last clock reading, possibly older than the request
+    itself: a lease counted from it could end before the client's sent-time + ttl."""
+    log = Log()
+    log.tick(5_000)  # the last reading; the request comes in somewhat later, before the next one
+    granted = log.grant(acquire("r", "a", ttl_ms=1_000))
+    assert granted.expires_in_seconds == 1.0
+    log.tick(100)  # the next reading: the lease runs from here
+    log.tick(999)
+    assert log.holders("r") == ["a"]
+    log.tick(1)
+    assert log.holders("r") == []
+
+
+def test_refresh_can_change_the_ttl_and_keeps_the_token() -> None:
+    log = Log()
+    token = log.grant(acquire("r", "a", ttl_ms=1_000)).fencing_token
+    refreshed = log.run(refresh("r", "a", ttl_ms=5_000))
+    assert isinstance(refreshed, lock_pb2.RefreshResponse)
+    assert (refreshed.fencing_token, refreshed.ttl_seconds) == (token, 5.0)
+    log.tick(4_999)
+    assert log.holders("r") == ["a"]
+
+
+def test_default_ttl_applies_when_none_is_given() -> None:
+    log = Log()
+    assert log.grant(acquire("r", "a")).ttl_seconds == DEFAULT_TTL_MS / 1000
+    log.tick(1)
+    log.tick(DEFAULT_TTL_MS - 1)
+    assert log.holders("r") == ["a"]
+    log.tick(1)
+    assert log.info("r") == lock_pb2.LockInfo(resource="r")
+
+
+def test_refresh_or_release_by_a_non_holder_fails_and_changes_nothing() -> None:
+    log = Log()
+    log.grant(acquire("r", "alice"))
+    log.queued(acquire("r", "bob", timeout_ms=1_000))
+    before = log.machine.snapshot()
+    message = log.refused(release("r", "bob"), Code.FAILED_PRECONDITION)
+    assert "bob does not hold 'r', which is held exclusively by alice" in message and "it waits for it" in message
+    assert "free" in log.refused(release("nothing", "bob"), Code.FAILED_PRECONDITION)
+    log.refused(refresh("r", "bob"), Code.FAILED_PRECONDITION)
+    assert log.machine.snapshot() == before and log.take_events() == []
+
+
+def test_release_answers_with_the_ended_token_and_frees_the_resource() -> None:
+    log = Log()
+    token = log.grant(acquire("r", "a")).fencing_token
+    assert log.run(release("r", "a")) == lock_pb2.ReleaseResponse(resource="r", owner="a", fencing_token=token)
+    assert log.machine.page("", "", 10, log.now_ms) == ([], "")
+
+
+# ---------------------------------------------------------------------- deadlocks
+
+
+def test_a_two_owner_deadlock_is_refused_naming_the_cycle_and_changing_nothing() -> None:
+    log = Log()
+    log.grant(acquire("r1", "alice"))
+    log.grant(acquire("r2", "bob"))
+    log.queued(acquire("r1", "bob", timeout_ms=5_000))
+    before = log.machine.snapshot()
+    message = log.refused(acquire("r2", "alice", timeout_ms=5_000), Code.ABORTED)
+    assert message.startswith("deadlock: alice waits for r2 held by bob, bob waits for r1 held by alice;")
+    assert log.machine.snapshot() == before
+
+
+def test_a_deadlock_across_three_owners_and_a_queue_is_found() -> None:
+    log = Log()
+    log.grant(acquire("r1", "a"))
+    log.grant(acquire("r2", "b"))
+    log.grant(acquire("r3", "c", S))
+    log.queued(acquire("r1", "b", timeout_ms=5_000))  # b waits for a
+    log.queued(acquire("r3", "d", X, timeout_ms=5_000))  # d waits for c
+    log.queued(acquire("r2", "c", timeout_ms=5_000))  # c waits for b
+    # a asks r3 shared: compatible with c's shared hold, but queued behind d's exclusive request.
+    message = log.refused(acquire("r3", "a", S, timeout_ms=5_000), Code.ABORTED)
+    assert message.startswith(
+        "deadlock: a waits for r3 behind d, d waits for r3 held by c, c waits for r2 held by b, "
+        "b waits for r1 held by a;"
+    )
+    assert log.waiters("r3") == ["d"]
+
+
+def test_waiting_without_a_cycle_is_not_a_deadlock() -> None:
+    log = Log()
+    log.grant(acquire("r1", "a"))
+    log.queued(acquire("r1", "b", timeout_ms=5_000))
+    log.queued(acquire("r1", "c", timeout_ms=5_000))
+    log.grant(acquire("r2", "c2"))
+    assert log.queued(acquire("r2", "a", timeout_ms=5_000)) == 0
+
+
+# ---------------------------------------------------------------------- withdraw (the servicer's safety net)
+
+
+def test_withdraw_ends_a_wait_or_reports_a_grant() -> None:
+    log = Log()
+    log.grant(acquire("r", "a"))
+    log.queued(acquire("r", "b", timeout_ms=5_000))
+    message = log.refused(withdraw("r", "b"), Code.ABORTED)
+    assert "held exclusively by a" in message and log.waiters("r") == []
+    [event] = log.take_events()
+    assert isinstance(event, LockWaitEnded) and event.message == message
+    result = log.run(withdraw("r", "a"))
+    assert isinstance(result, fsm_lock_pb2.LockAcquireOutcome) and result.granted.owner == "a"
+    shared = log.run(withdraw("r", "a", S))  # holding exclusively gives what shared asks
+    assert isinstance(shared, fsm_lock_pb2.LockAcquireOutcome) and shared.granted.owner == "a"
+    log.refused(withdraw("r", "zed"), Code.ABORTED)
+    log.refused(withdraw("gone", "zed"), Code.ABORTED)
+
+
+# ---------------------------------------------------------------------- input and limits
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        (acquire("", "a"), "resource"),
+        (acquire("r", ""), "owner"),
+        (acquire("r" * 257, "a"), "resource"),
+        (acquire("r", "é" * 129), "owner"),  # 258 bytes of UTF-8
+        (acquire("r\n", "a"), "resource"),
+        (acquire("r", "a", timeout_ms=MAX_TIMEOUT_MS + 1), "timeout"),
+        (acquire("r", "a", ttl_ms=MAX_TTL_MS + 1), "ttl"),
+        (Command(acquire=Command.Acquire(resource="r", owner="a", mode=7)), "mode"),  # type: ignore[arg-type]
+        (release("", "a"), "resource"),
+        (refresh("r", "a", ttl_ms=MAX_TTL_MS + 1), "ttl"),
+        (withdraw("r", "\x00"), "owner"),
+    ],
+)
+def test_bad_fields_are_refused_naming_the_field(command: Command, field: str) -> None:
+    log = Log()
+    assert log.refused(command, Code.INVALID_ARGUMENT).startswith(f"{field}: ")
+    assert log.machine.snapshot() == b""
+
+
+def test_undecodable_and_empty_commands_are_refused() -> None:
+    log = Log()
+    for data in (b"\xff\xff", Command().SerializeToString()):
+        result = log.raw(data)
+        assert isinstance(result, Refusal) and result.code is Code.INVALID_ARGUMENT
+
+
+def test_names_up_to_the_limit_are_fine() -> None:
+    log = Log()
+    log.grant(acquire("r" * 256, "ü" * 128))
+
+
+def test_a_resource_takes_at_most_the_limit_of_owners() -> None:
+    log = Log()
+    for i in range(MAX_OWNERS_PER_LOCK):
+        log.grant(acquire("r", f"o{i}", S))
+    assert "1000 owners" in log.refused(acquire("r", "one-more", S), Code.RESOURCE_EXHAUSTED)
+
+
+# ---------------------------------------------------------------------- reads
+
+
+def test_pages_list_locks_in_name_order_with_a_prefix() -> None:
+    log = Log()
+    for name in ("b/2", "a/1", "b/1", "b/3", "c"):
+        log.grant(acquire(name, "o"))
+    first, token = log.machine.page("b/", "", 2, log.now_ms)
+    assert [i.resource for i in first] == ["b/1", "b/2"] and token == "b/2"
+    rest, token = log.machine.page("b/", token, 2, log.now_ms)
+    assert [i.resource for i in rest] == ["b/3"] and token == ""
+    everything, token = log.machine.page("", "", 5, log.now_ms)
+    assert [i.resource for i in everything] == ["a/1", "b/1", "b/2", "b/3", "c"] and token == ""
+
+
+def test_get_lock_shows_holders_and_waiters_with_remaining_times() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", S, ttl_ms=4_000))
+    log.queued(acquire("r", "b", X, timeout_ms=3_000))
+    log.tick(1)
+    log.tick(1_000)
+    info = log.info("r")
+    assert info.mode == lock_pb2.LOCK_MODE_SHARED
+    holders = [(h.owner, h.fencing_token, h.ttl_seconds, h.expires_in_seconds) for h in info.holders]
+    assert holders == [("a", 1, 4.0, 3.0)]
+    assert [(w.owner, w.mode, w.upgrade, w.expires_in_seconds) for w in info.waiters] == [
+        ("b", lock_pb2.LOCK_MODE_EXCLUSIVE, False, 2.0)
+    ]
+    assert log.machine.holding("r", "a", S, log.now_ms) is not None
+    assert log.machine.holding("r", "a", X, log.now_ms) is None
+
+
+# ---------------------------------------------------------------------- snapshots and the router
+
+
+def test_snapshot_restore_round_trips_exactly_and_behaves_the_same() -> None:
+    log = Log()
+    log.grant(acquire("r1", "a", S, ttl_ms=1_000))
+    log.grant(acquire("r1", "b", S, ttl_ms=2_000))
+    log.queued(acquire("r1", "a", X, timeout_ms=5_000))
+    log.queued(acquire("r1", "c", X, timeout_ms=500))
+    log.grant(acquire("r2", "c", ttl_ms=700))
+    log.run(refresh("r2", "c", ttl_ms=800))  # leaves a stale timer behind in the original
+    data = log.machine.snapshot()
+    copy = Log(LockMachine(), log.index, log.now_ms)
+    copy.machine.restore(data)
+    assert copy.machine.snapshot() == data
+    for step in (300, 300, 300, 300, 1_000):
+        log.tick(step)
+        copy.tick(step)
+        assert copy.take_events() == log.take_events()
+        assert copy.machine.snapshot() == log.machine.snapshot()
+
+
+def test_a_corrupt_snapshot_is_refused() -> None:
+    with pytest.raises(ValueError, match="corrupt lock snapshot"):
+        LockMachine().restore(b"\xff\xff\xff")
+
+
+def test_refreshing_in_a_loop_does_not_grow_the_timers_without_bound() -> None:
+    log = Log()
+    log.grant(acquire("r", "a", ttl_ms=MAX_TTL_MS))
+    for _ in range(5_000):
+        log.run(refresh("r", "a"))
+        log.tick(1)  # the renewed lease starts: one more (soon stale) timer entry
+    assert len(log.machine._timers) <= 2_048
+    assert log.holders("r") == ["a"]
+
+
+def test_a_leader_change_never_shortens_a_lease_whatever_the_new_leaders_clock_reads() -> None:
+    locks = LockMachine()
+    fsm = DsyncStateMachine({"lock": locks})
+    entries = itertools.count(1)
+
+    def apply(command: command_pb2.Command) -> None:
+        fsm.apply(next(entries), command.SerializeToString())
+
+    def clock(term: int, ms: int) -> None:
+        apply(command_pb2.Command(clock=command_pb2.Clock(term=term, monotonic_ms=ms)))
+
+    def held() -> bool:
+        return bool(locks.describe("r", fsm.now_ms).holders)
+
+    clock(1, 10_000)
+    apply(command_pb2.Command(lock=acquire("r", "a", ttl_ms=1_000).SerializeToString()))
+    clock(1, 10_100)  # the lease starts here: cluster time 100, expiry at 1100
+    clock(1, 10_700)  # 400 ms left when the leader dies
+    clock(2, 999_999)  # the new leader's clock reads anything: a new epoch, time stands still
+    clock(2, 1_000_398)
+    assert held() and fsm.now_ms == 1_099
+    clock(2, 1_000_399)
+    assert not held()
+
+
+def test_results_survive_the_routers_session_cache() -> None:
+    """Retries are answered from the session, even after a restore: every lock result
+    must be a protobuf message the router can pack and unpack."""
+    locks, copied = LockMachine(), LockMachine()
+    fsm, copy = DsyncStateMachine({"lock": locks}), DsyncStateMachine({"lock": copied})
+
+    def envelope(command: Command, seq: int) -> bytes:
+        return command_pb2.Command(client_id="c", sequence=seq, lock=command.SerializeToString()).SerializeToString()
+
+    first = fsm.apply(1, envelope(acquire("r", "a"), 1))
+    assert isinstance(first, fsm_lock_pb2.LockAcquireOutcome) and first.granted.fencing_token == 1
+    fsm.apply(2, envelope(release("r", "a"), 2))
+    copy.restore(fsm.snapshot())
+    for machine, component in ((fsm, locks), (copy, copied)):
+        assert machine.apply(3, envelope(acquire("r", "a"), 1)) == first  # answered, not applied again
+        assert not component.describe("r", 0).holders
+
+
+# ---------------------------------------------------------------------- random sequences against the model
+
+RESOURCES = ("r1", "r2", "r3")
+OWNERS = ("a", "b", "c", "d")
+
+
+def normalise(result: Result) -> Outcome:
+    if isinstance(result, Refusal):
+        return ("refused", result.code, result.message.startswith("deadlock"))
+    if isinstance(result, fsm_lock_pb2.LockAcquireOutcome):
+        if result.HasField("queued"):
+            return ("queued", result.queued.ahead)
+        g = result.granted
+        return ("granted", g.owner, g.fencing_token, Mode(g.mode))
+    if isinstance(result, lock_pb2.ReleaseResponse):
+        return ("released", result.fencing_token)
+    assert isinstance(result, lock_pb2.RefreshResponse)
+    return ("refreshed", result.fencing_token, round(result.ttl_seconds * 1000))
+
+
+def normalise_event(event: object) -> Outcome:
+    if isinstance(event, LockGranted):
+        return ("granted", event.key[1], event.key[2], event.response.fencing_token)
+    assert isinstance(event, LockWaitEnded)
+    return ("ended", event.key[1], event.key[2])
+
+
+class LockSequences(RuleBasedStateMachine):
+    """The machine and the model see the same operations; so does a copy restored from a
+    snapshot of the machine at random points.  All three must agree throughout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = Log()
+        self.copy = Log()
+        self.model = Model()
+        self.tokens: dict[str, set[int]] = {}  # resource -> every token granted for it
+
+    def check(self, resource: str, command: Command, expected: Outcome) -> None:
+        got = self.log.run(command)
+        assert self.copy.run(command) == got
+        assert normalise(got) == expected
+        self.model.finish()
+        if expected[0] == "granted":
+            self.saw_token(resource, int(str(expected[2])), renewal_allowed=True)
+        self.compare_events()
+
+    def saw_token(self, resource: str, token: int, renewal_allowed: bool) -> None:
+        """A new grant's token is above every earlier one of its resource."""
+        seen = self.tokens.setdefault(resource, set())
+        if not (renewal_allowed and token in seen):
+            assert token > max(seen, default=0)
+            seen.add(token)
+
+    def compare_events(self) -> None:
+        events = [normalise_event(e) for e in self.log.take_events()]
+        assert [normalise_event(e) for e in self.copy.take_events()] == events
+        assert events == self.model.events
+        self.model.events = []
+        for event in events:
+            if event[0] == "granted":
+                self.saw_token(str(event[1]), int(str(event[3])), renewal_allowed=False)
+
+    @rule(
+        r=st.sampled_from(RESOURCES),
+        o=st.sampled_from(OWNERS),
+        mode=st.sampled_from([X, S]),
+        timeout=st.sampled_from([0, 0, 100, 400]),
+        ttl=st.sampled_from([0, 150, 500]),
+    )
+    def acquire(self, r: str, o: str, mode: Mode, timeout: int, ttl: int) -> None:
+        self.check(r, acquire(r, o, mode, timeout, ttl), self.model.acquire(r, o, mode, timeout, ttl))
+
+    @rule(r=st.sampled_from(RESOURCES), o=st.sampled_from(OWNERS))
+    def release(self, r: str, o: str) -> None:
+        self.check(r, release(r, o), self.model.release(r, o))
+
+    @rule(r=st.sampled_from(RESOURCES), o=st.sampled_from(OWNERS), ttl=st.sampled_from([0, 300]))
+    def refresh(self, r: str, o: str, ttl: int) -> None:
+        self.check(r, refresh(r, o, ttl), self.model.refresh(r, o, ttl))
+
+    @rule(r=st.sampled_from(RESOURCES), o=st.sampled_from(OWNERS), mode=st.sampled_from([X, S]))
+    def withdraw(self, r: str, o: str, mode: Mode) -> None:
+        self.check(r, withdraw(r, o, mode), self.model.withdraw(r, o, mode))
+
+    @rule(ms=st.sampled_from([1, 50, 100, 150, 400, 1_000]))
+    def tick(self, ms: int) -> None:
+        self.log.tick(ms)
+        self.copy.tick(ms)
+        self.model.tick(ms)
+        self.compare_events()
+
+    @rule()
+    def restart_copy_from_a_snapshot(self) -> None:
+        self.copy = Log(LockMachine(), self.log.index, self.log.now_ms)
+        self.copy.machine.restore(self.log.machine.snapshot())
+
+    @invariant()
+    def machine_copy_and_model_hold_the_same_state(self) -> None:
+        assert self.copy.machine.snapshot() == self.log.machine.snapshot()
+        now = self.model.now
+        for r in RESOURCES:
+            info = self.log.info(r)
+            lk = self.model.locks.get(r)
+            holders = [(h.owner, h.token, (h.expires - now) / 1000) for h in lk.holders] if lk else []
+            waiters = [(w.owner, w.mode, w.upgrade, (w.deadline - now) / 1000) for w in lk.queue] if lk else []
+            assert [(h.owner, h.fencing_token, h.expires_in_seconds) for h in info.holders] == holders
+            assert [(w.owner, Mode(w.mode), w.upgrade, w.expires_in_seconds) for w in info.waiters] == waiters
+            assert info.mode == (lk.mode.wire if lk else lock_pb2.LOCK_MODE_UNSPECIFIED)
+
+    @invariant()
+    def exclusive_means_alone(self) -> None:
+        for r in RESOURCES:
+            info = self.log.info(r)
+            if info.mode == lock_pb2.LOCK_MODE_EXCLUSIVE:
+                assert len(info.holders) == 1
+
+    @invariant()
+    def the_wait_for_graph_stays_acyclic(self) -> None:
+        graph = self.model.edges()
+        for owner, blockers in graph.items():
+            assert not any(self.model.reaches(b, owner) for b in blockers), graph
+
+
+LockSequences.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+test_random_sequences_agree_with_the_model = LockSequences.TestCase
