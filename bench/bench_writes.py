@@ -5,9 +5,10 @@ Each run starts a fresh cluster (`LocalCluster`: three `python -m server` proces
 with its own private redis-server) on free loopback ports in a temporary directory, with
 REDIS_APPENDFSYNC set to the mode under test.  Once a leader is elected, `--clients`
 coroutines spread round-robin over the three nodes (one shared channel per node) call
-KvService.Put in a closed loop -- 16-byte values, every key distinct -- through a
-warm-up and then a measured window.  Latency is the client's view of one Put: forwarding
-by a follower, replication, fsync per the mode, apply, and the answer.
+CacheService.Put in a closed loop -- a 16-character string value, every key distinct,
+each write stamped with its client's id and sequence as an SDK does -- through a warm-up
+and then a measured window.  Latency is the client's view of one Put: forwarding by a
+follower, replication, fsync per the mode, apply, and the answer.
 
 The floor is `grpc_echo_floor` with the same number of callers (callers and server in
 one process), measured just before each run's cluster starts.  Targets on the 2-core
@@ -46,15 +47,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
+from google.protobuf import struct_pb2
 
 from bench.floors import grpc_echo_floor
-from dsync.internal.v1 import kv_pb2, kv_pb2_grpc
+from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 from server.cluster import LocalCluster
 from server.config import APPENDFSYNC_MODES
 
 NODES = 3
 MODES = ("always", "everysec")
-VALUE = b"v" * 16
+VALUE = "v" * 16
 TARGET_RATIO = 0.6
 TARGET_P99_S = 0.050
 # A Put slower than this counts as an error; it also bounds how long a run can overrun.
@@ -116,7 +118,7 @@ async def generate(
     channels = [grpc.aio.insecure_channel(address) for address in addresses]
     try:
         await asyncio.gather(*(asyncio.wait_for(ch.channel_ready(), LEADER_TIMEOUT_S) for ch in channels))
-        stubs = [kv_pb2_grpc.KvServiceStub(ch) for ch in channels]
+        stubs = [cache_pb2_grpc.CacheServiceStub(ch) for ch in channels]
         latencies: dict[str, list[float]] = {address: [] for address in addresses}
         errors: Counter[str] = Counter()
         begin = time.perf_counter()
@@ -126,10 +128,12 @@ async def generate(
         async def client(n: int) -> None:
             stub = stubs[n % len(stubs)]
             samples = latencies[addresses[n % len(addresses)]]
+            value = struct_pb2.Value(string_value=VALUE)
             seq = 0
             while (sent := time.perf_counter()) < end:
                 seq += 1
-                request = kv_pb2.PutRequest(key=f"c{n}-{seq}", value=VALUE)
+                header = common_pb2.RequestHeader(client_id=f"bench-{n}", sequence=seq)
+                request = cache_pb2.PutRequest(header=header, key=f"c{n}-{seq}", value=value)
                 try:
                     await stub.Put(request, timeout=CALL_TIMEOUT_S)
                 except grpc.aio.AioRpcError as exc:
@@ -387,7 +391,7 @@ async def main() -> None:
         parser.error("need --seconds > 0, --warmup >= 0, --clients >= 1 and --runs >= 1")
     print(
         f"{NODES} nodes + {NODES} redis-servers + the load generator ({args.loadgen}) share {os.cpu_count()} CPUs;"
-        f" {args.clients} clients, {len(VALUE)}-byte values, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
+        f" {args.clients} clients, {len(VALUE)}-character string values, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
         f" floor: grpc.aio echo, {args.clients} callers and the server in one process, just before each cluster"
     )
     for mode in modes:

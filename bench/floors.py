@@ -47,3 +47,39 @@ async def grpc_echo_floor(clients: int = 64, seconds: float = 2.0, payload: int 
             return done / (time.perf_counter() - started)
     finally:
         await server.stop(None)
+
+
+async def aiohttp_echo_floor(clients: int = 50, seconds: float = 2.0, payload: int = 64) -> float:
+    """Requests/s of a bare aiohttp server echoing a JSON POST body, `clients` concurrent
+    keep-alive callers (aiohttp's client) in this process: what the gateway's HTTP layer
+    alone could do here, with no transcoding, servicer or Raft behind it."""
+    from aiohttp import ClientSession, TCPConnector, web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(await request.json())
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    body = {"key": "x" * payload}
+    try:
+        async with ClientSession(connector=TCPConnector(limit=0)) as http:
+            done = 0
+            deadline = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < deadline:
+                    async with http.post(f"http://127.0.0.1:{port}/echo", json=body) as response:
+                        await response.read()
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(clients)))
+            return done / (time.perf_counter() - started)
+    finally:
+        await runner.cleanup()

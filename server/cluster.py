@@ -79,7 +79,7 @@ class LocalCluster:
         return next(n for n in self.nodes if n.name == name)
 
     def env_for(self, node: NodeProcess) -> dict[str, str]:
-        peers = ",".join(f"{n.name}=http://{n.grpc_address}" for n in self.nodes if n is not node)
+        peers = ",".join(f"{n.name}=http://{n.grpc_address};http={n.http_url}" for n in self.nodes if n is not node)
         env = dict(os.environ)
         env.pop("REDIS_URL", None)  # each node starts its own private redis-server
         env.update(

@@ -9,6 +9,12 @@ node too is allowed, if it agrees with SELF_URL).
     NODE_ID=node1 SELF_URL=http://127.0.0.1:50051 \
     PEERS=node2=http://127.0.0.1:50052,node3=http://127.0.0.1:50053 python -m server
 
+A peer entry may also say where that member serves HTTP, `;http=URL` after its peer URL
+(`node2=http://10.0.0.2:50052;http=http://10.0.0.2:8002`), so that /raft/state can send
+curl users to the leader's HTTP address.  Nothing else depends on it: a node cannot
+check it, and without it the leader's HTTP address is reported as unknown.  This node's
+own is `http://<SELF_URL's host>:HTTP_PORT` unless PEERS lists it with one.
+
 Every mistake is reported with what to change, and the node exits with status 2.
 """
 
@@ -36,6 +42,7 @@ class Member:
     name: str
     host: str
     port: int
+    http: str | None = None  # the base URL of its HTTP gateway, when configured
 
     @property
     def address(self) -> str:
@@ -91,6 +98,19 @@ def parse_member_url(url: str, what: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def parse_http_url(url: str, what: str) -> str:
+    """`http://host:port` (or https) -> the same, without a trailing slash."""
+    raw = url.strip().rstrip("/")
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or port is None:
+        raise ConfigError(f"{what}: {url!r} is not an HTTP base URL; write it as http://HOST:HTTP_PORT")
+    return raw
+
+
 def _name(value: str, what: str) -> str:
     name = value.strip()
     if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
@@ -124,14 +144,22 @@ def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) ->
 def parse_peers(raw: str) -> list[Member]:
     members: list[Member] = []
     for n, item in enumerate(p for p in raw.split(",") if p.strip()):
-        name, sep, url = item.partition("=")
+        name, sep, rest = item.partition("=")
         if not sep:
             raise ConfigError(
                 f"PEERS entry {n + 1} ({item.strip()!r}) has no name; "
                 "write each peer as NAME=http://HOST:GRPC_PORT"
             )
-        host, port = parse_member_url(url, f"PEERS entry {name.strip()!r}")
-        members.append(Member(_name(name, f"PEERS entry {n + 1}"), host, port))
+        url, _, option = rest.partition(";")
+        what = f"PEERS entry {name.strip()!r}"
+        host, port = parse_member_url(url, what)
+        http = None
+        if option:
+            key, sep, value = option.partition("=")
+            if key.strip() != "http" or not sep:
+                raise ConfigError(f"{what}: {option!r} after ';' must be http=http://HOST:HTTP_PORT")
+            http = parse_http_url(value, f"{what}, http=")
+        members.append(Member(_name(name, f"PEERS entry {n + 1}"), host, port, http))
     return members
 
 
@@ -147,7 +175,8 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
     grpc_port = _port(env, "GRPC_PORT", grpc_default)
     if not self_url:
         self_host, self_port = "127.0.0.1", grpc_port
-    me = Member(node_id, self_host, self_port)
+    http_port = _port(env, "HTTP_PORT", 8001)
+    me = Member(node_id, self_host, self_port, f"http://{self_host}:{http_port}")
 
     members: dict[str, Member] = {me.name: me}
     seen_addresses = {me.address: me.name}
@@ -158,6 +187,8 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
                     f"PEERS lists {node_id} at {peer.address} but SELF_URL says {me.address}: "
                     "SELF_URL is missing from the membership; make them agree"
                 )
+            if peer.http is not None:
+                members[node_id] = peer
             continue
         if peer.name in members:
             raise ConfigError(f"PEERS names {peer.name!r} twice; each member must appear once")
@@ -184,7 +215,6 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
     cache_policy = env.get("CACHE_POLICY", "lru").strip().lower() or "lru"
     if cache_policy not in CACHE_POLICIES:
         raise ConfigError(f"CACHE_POLICY={cache_policy!r} must be one of {CACHE_POLICIES}")
-    http_port = _port(env, "HTTP_PORT", 8001)
     metrics_port = _port(env, "METRICS_PORT", 9001)
     ports = {"GRPC_PORT": grpc_port, "HTTP_PORT": http_port, "METRICS_PORT": metrics_port}
     if len(set(ports.values())) != len(ports):

@@ -2,8 +2,11 @@
 
 A node is one process: its Redis (private, or REDIS_URL), the Raft core rebuilt from
 it, the replica driving that core, the gRPC server (peer stream, services, health,
-reflection), and HTTP for status and metrics.  Startup problems are reported as
-`StartupError`s that say what to change.
+reflection), the HTTP gateway (the same servicers, plus /health and /raft/state) and
+/metrics.  Startup problems are reported as `StartupError`s that say what to change.
+
+The gateway reads the other parts only through what this module hands it (see
+server/gateway/views.py), so the gateway never reaches into them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import errno
 import logging
 import random
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,27 +24,33 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc, lock_pb2, lock_pb2_grpc
 from dsync.v1 import queue_pb2, queue_pb2_grpc
-from server.api.cache_service import CacheServicer
+from server.api.cache_service import CacheServicer, CacheStats
 from server.api.clock import run_clock
 from server.api.cluster_service import ClusterServicer
 from server.api.context import ServiceContext
 from server.api.events import EventHub
-from server.api.lock_service import LockServicer
+from server.api.interceptors import RequestStats, StatsInterceptor
+from server.api.lock_service import LockServicer, LockStats
 from server.api.queue_service import QueueServicer
 from server.config import NodeConfig
 from server.fsm.cache import CacheMachine
 from server.fsm.lock import LockMachine
 from server.fsm.queue import QueueMachine
 from server.fsm.router import DsyncStateMachine
-from server.gateway.metrics import metrics_app
-from server.gateway.status import add_status_routes
-from server.gateway.transcoder import Route, gateway_app, routes_for
-from server.raft import Config, Role
+from server.gateway.app import http_app
+from server.gateway.metrics import metrics_app, node_registry
+from server.gateway.raft_metrics import RaftCollector
+from server.gateway.request_metrics import RequestCollector
+from server.gateway.service_metrics import ServiceCollector
+from server.gateway.status import Address, NodeStatus
+from server.gateway.transcoder import Route, routes_for
+from server.raft import Config
 from server.replica.boot import open_core
 from server.replica.replica import Replica
 from server.storage.embedded_redis import EmbeddedRedis, RedisStartError
@@ -62,18 +70,22 @@ class StartupError(RuntimeError):
     """The node cannot start; the message says what to change."""
 
 
-def check_port_free(host: str, port: int, variable: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(
-                    f"{variable}={port}: the port is already in use on {host}; stop what holds it "
-                    f"(`ss -ltnp 'sport = :{port}'`) or choose another {variable}"
-                ) from exc
-            raise StartupError(f"{variable}={port}: cannot bind {host}:{port}: {exc.strerror}") from exc
+def reserve_port(host: str, port: int, variable: str) -> socket.socket:
+    """Bind `port` now, so a clear error comes before anything starts, and hold it so no
+    process started meanwhile (our own redis-server picks a free port) can take it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"{variable}={port}: the port is already in use on {host}; stop what holds it "
+                f"(`ss -ltnp 'sport = :{port}'`) or choose another {variable}"
+            ) from exc
+        raise StartupError(f"{variable}={port}: cannot bind {host}:{port}: {exc.strerror}") from exc
+    return sock
 
 
 class Node:
@@ -88,20 +100,35 @@ class Node:
         self._background: list[asyncio.Task[None]] = []
         self._peer_service: RaftPeerServicer | None = None
         self.replica: Replica | None = None
+        self.status: NodeStatus | None = None
+        self.registry: CollectorRegistry | None = None  # this node's metrics, once started
+        self.grpc_requests = RequestStats()
+        self.http_requests = RequestStats()
         self.hub = EventHub()
-        self.machine = DsyncStateMachine(
-            {
-                "lock": LockMachine(),
-                "queue": QueueMachine(),
-                "cache": CacheMachine(config.cache_max_entries, config.cache_max_bytes, config.cache_policy),  # type: ignore[arg-type]
-            }
-        )
+        self.locks = LockMachine()
+        self.queue = QueueMachine()
+        self.cache = CacheMachine(config.cache_max_entries, config.cache_max_bytes, config.cache_policy)  # type: ignore[arg-type]
+        self.machine = DsyncStateMachine({"lock": self.locks, "queue": self.queue, "cache": self.cache})
         self.machine.emit = self.hub.publish
 
     async def start(self) -> None:
         cfg = self.config
-        for variable, port in (("GRPC_PORT", cfg.grpc_port), ("HTTP_PORT", cfg.http_port), ("METRICS_PORT", cfg.metrics_port)):
-            check_port_free(cfg.bind_host, port, variable)
+        reserved: list[socket.socket] = []
+        try:
+            for variable, port in (
+                ("GRPC_PORT", cfg.grpc_port),
+                ("HTTP_PORT", cfg.http_port),
+                ("METRICS_PORT", cfg.metrics_port),
+            ):
+                reserved.append(reserve_port(cfg.bind_host, port, variable))
+            await self._assemble(reserved)
+        finally:
+            for sock in reserved:
+                sock.close()
+
+    async def _assemble(self, reserved: list[socket.socket]) -> None:
+        """Build and start everything; the reserved ports are released just before binding."""
+        cfg = self.config
         client = await self._open_redis()
         self._storage = RedisRaftStorage(client, NodeKeys.for_node(cfg.cluster, cfg.node_id), owns_client=True)
         raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks)
@@ -109,17 +136,18 @@ class Node:
         self._transport = GrpcTransport(cfg.node_id, cfg.peers)
         self.replica = Replica(core, self._storage, self._transport, self.machine, tick_interval=cfg.tick_ms / 1000)
 
-        server = grpc.aio.server(options=wire.SERVER_OPTIONS)
+        server = grpc.aio.server(options=wire.SERVER_OPTIONS, interceptors=[StatsInterceptor(self.grpc_requests)])
         self._peer_service = RaftPeerServicer(self.replica.inbox, cfg.node_id)
         add_raft_service(server, self._peer_service)
         ctx = ServiceContext(self.replica, self.machine, self.hub)
         members = {m.name: m.address for m in cfg.members}
         routes: list[Route] = []
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        locks, caches = LockServicer(ctx), CacheServicer(ctx)
         services: list[tuple[Any, Any, Callable[[Any, grpc.aio.Server], None]]] = [
-            (lock_pb2, LockServicer(ctx), lock_pb2_grpc.add_LockServiceServicer_to_server),
+            (lock_pb2, locks, lock_pb2_grpc.add_LockServiceServicer_to_server),
             (queue_pb2, QueueServicer(ctx), queue_pb2_grpc.add_QueueServiceServicer_to_server),
-            (cache_pb2, CacheServicer(ctx), cache_pb2_grpc.add_CacheServiceServicer_to_server),
+            (cache_pb2, caches, cache_pb2_grpc.add_CacheServiceServicer_to_server),
             (
                 cluster_pb2,
                 ClusterServicer(ctx, members, self._peer_service.last_contact),
@@ -133,14 +161,21 @@ class Node:
             routes.extend(routes_for(descriptor, servicer))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(names, server)
+        for sock in reserved:
+            sock.close()
         server.add_insecure_port(f"{cfg.bind_host}:{cfg.grpc_port}")
         self._grpc = server
+        self.status = NodeStatus(
+            self.replica,
+            {m.name: Address(m.address, m.http) for m in cfg.members},
+            self._peer_service.last_contact,
+            self._transport.peer_stats,
+        )
+        self.registry = self._metrics_registry(locks.stats, caches.stats)
         await self.replica.start()
         await server.start()
-        http = gateway_app(routes)
-        add_status_routes(http, self._healthy, self.raft_state)
-        await self._serve_http(http, cfg.http_port)
-        await self._serve_http(metrics_app(), cfg.metrics_port)
+        await self._serve_http(http_app(routes, self.status, self.http_requests), cfg.http_port)
+        await self._serve_http(metrics_app(self.registry), cfg.metrics_port)
         self._background = [
             asyncio.create_task(self._track_health(), name="health"),
             asyncio.create_task(run_clock(self.replica), name="clock"),
@@ -178,55 +213,24 @@ class Node:
         if self._redis_server is not None:
             await self._redis_server.stop()
 
-    def raft_state(self) -> dict[str, object]:
-        assert self.replica is not None and self._peer_service is not None and self._transport is not None
-        cfg = self.config
-        status = self.replica.status()
-        leader = self.replica.leader_id
-        now = time.monotonic()
-        contact = self._peer_service.last_contact()
-        sent = self._transport.peer_stats()
-        addresses = {m.name: m.address for m in cfg.members}
-        return {
-            "node_id": cfg.node_id,
-            "role": self.replica.role.name.lower(),
-            "term": self.replica.term,
-            "leader": leader,
-            "leader_grpc": addresses.get(leader, ""),
-            "commit_index": self.replica.commit_index,
-            "applied_index": self.replica.applied_index,
-            "members": [
-                {
-                    "id": m.name,
-                    "grpc": m.address,
-                    "self": m.name == cfg.node_id,
-                    "last_heard_s": round(now - contact[m.name], 3) if m.name in contact else None,
-                    "last_sent_s": (
-                        round(now - last, 3)
-                        if m.name in sent and (last := sent[m.name].last_sent) is not None
-                        else None
-                    ),
-                }
-                for m in cfg.members
-            ],
-            "replica": status,
-        }
-
-    def _healthy(self) -> tuple[bool, str]:
-        replica = self.replica
-        if replica is None:
-            return False, "starting"
-        if not replica.leader_id:
-            return False, "no leader known: an election is under way or this node is cut off from a majority"
-        if replica.role is Role.LEADER:
-            return True, "leader"
-        return True, f"following {replica.leader_id}"
+    def _metrics_registry(self, lock_waits: LockStats, cache_reads: CacheStats) -> CollectorRegistry:
+        """This node's own registry: collectors reading its parts when Prometheus scrapes."""
+        assert self.replica is not None and self._transport is not None and self._peer_service is not None
+        peers = self._peer_service
+        return node_registry(
+            [
+                RaftCollector(self.replica, self._transport.peer_stats, peers.stats, peers.last_contact),
+                ServiceCollector(self.locks, lock_waits, self.queue, self.cache, cache_reads),
+                RequestCollector(self.grpc_requests, self.http_requests),
+            ]
+        )
 
     async def _track_health(self) -> None:
         """gRPC health: SERVING while a leader is known, so orchestrators can probe readiness."""
+        assert self.status is not None
         last: int | None = None
         while True:
-            serving, _ = self._healthy()
+            serving, _ = self.status.health()
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             if status != last:
                 await self._health.set("", status)

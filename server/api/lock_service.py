@@ -17,6 +17,9 @@ this node's replica.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 import grpc
 
 from dsync.fsm.v1 import lock_pb2 as fsm_lock_pb2
@@ -28,12 +31,24 @@ from server.api.errors import ServiceError, rpc
 from server.api.events import Expectation
 from server.fsm.lock import LockGranted, LockMachine, LockWaitEnded, wait_key
 from server.fsm.lock_state import Mode
+from server.replica.stats import Histogram
 
 Context = grpc.aio.ServicerContext[object, object]
 
 # Beyond its timeout, how long a waiting Acquire trusts cluster time to end the wait
 # before withdrawing it: covers a leader election (about a second) and commit latency.
 WAIT_GRACE_S = 5.0
+
+# Seconds a queued Acquire may wait: up to lock_rules.MAX_TIMEOUT_MS (an hour).
+WAIT_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+@dataclass
+class LockStats:
+    """How long this node's queued Acquires waited, by how the wait ended (node-local)."""
+
+    granted: Histogram = field(default_factory=lambda: Histogram(WAIT_BOUNDS))
+    not_granted: Histogram = field(default_factory=lambda: Histogram(WAIT_BOUNDS))
 
 
 class LockServicer(lock_pb2_grpc.LockServiceServicer):
@@ -43,6 +58,7 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
             raise ValueError("the lock service needs a LockMachine as the state machine's 'lock' component")
         self._ctx = ctx
         self._locks = locks
+        self.stats = LockStats()
 
     @rpc
     async def Acquire(self, request: lock_pb2.AcquireRequest, context: Context) -> lock_pb2.AcquireResponse:
@@ -51,7 +67,14 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
             outcome = await self._propose(fsm_lock_pb2.LockCommand(acquire=command), request.header)
             if outcome.HasField("granted"):
                 return outcome.granted
-            return await self._await_grant(expectation, command)
+            began = time.monotonic()
+            waited = self.stats.not_granted
+            try:
+                response = await self._await_grant(expectation, command)
+                waited = self.stats.granted
+                return response
+            finally:
+                waited.observe(time.monotonic() - began)
 
     @rpc
     async def Release(self, request: lock_pb2.ReleaseRequest, context: Context) -> lock_pb2.ReleaseResponse:

@@ -216,6 +216,14 @@ class LockMachine:
             return None
         return lock_views.grant(resource, lock.mode, holder, now_ms)
 
+    def totals(self) -> tuple[int, int, int]:
+        """(locks held or waited for, holders, waiters) over every resource, for metrics."""
+        holders = waiters = 0
+        for lock in self._locks.values():
+            holders += len(lock.holders)
+            waiters += len(lock.waiters)
+        return len(self._locks), holders, waiters
+
     def waits(self, resource: str, owner: str) -> bool:
         return resource in self._waiting.get(owner, ())
 

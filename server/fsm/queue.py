@@ -56,10 +56,16 @@ def _invalid(field: str, problem: str) -> Refusal:
 
 
 class QueueMachine:
-    """Implements `server.fsm.base.Component` for Command.queue."""
+    """Implements `server.fsm.base.Component` for Command.queue.
+
+    `redeliveries` and `dead_lettered` count what this process has seen applied (not
+    part of the snapshot), for metrics.
+    """
 
     def __init__(self) -> None:
         self._store = QueueStore()
+        self.redeliveries = 0
+        self.dead_lettered = 0
 
     # ------------------------------------------------------------------ Component
 
@@ -106,6 +112,16 @@ class QueueMachine:
         """Messages of `topic` deliverable now (in this replica's state)."""
         found = self._store.topics.get(topic)
         return found.counts[READY] if found is not None else 0
+
+    def totals(self) -> tuple[int, int, int]:
+        """Messages (ready, in flight, delayed) over every topic, dead-letter topics included."""
+        ready = in_flight = delayed = 0
+        for topic in self._store.topics.values():
+            counts = topic.counts
+            ready += counts[READY]
+            in_flight += counts[IN_FLIGHT]
+            delayed += counts[DELAYED]
+        return ready, in_flight, delayed
 
     def stats(self, topic: str, now_ms: int) -> api.StatsResponse:
         """`topic`'s counts in this replica's state, ages measured at `now_ms`."""
@@ -189,6 +205,8 @@ class QueueMachine:
             if response.messages and taken_bytes > rules.MAX_CONSUME_BYTES:
                 break
             message.deliveries += 1
+            if message.deliveries > 1:
+                self.redeliveries += 1
             message.receipt = ctx.index
             self._store.move(topic, message, IN_FLIGHT, deadline, cmd.consumer)
             _deliver(response.messages.add(), message)
@@ -287,6 +305,7 @@ class QueueMachine:
         """Move an exhausted message to the back of its dead-letter topic; returns that topic."""
         target = rules.dead_letter_topic(topic.name)
         assert target is not None, "messages of a dead-letter topic are never exhausted"
+        self.dead_lettered += 1
         self._remove(topic, message, ctx.now_ms)
         seq = self._store.take_seq()
         taken = self._store.find(target, message.id) is not None

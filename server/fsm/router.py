@@ -11,7 +11,9 @@ never compared.
 
 Sessions (Raft thesis §6.3): a command with a client id and sequence number is applied
 once; a retry gets the first result.  Each session remembers its last
-`SESSION_RESULTS` results and expires after `SESSION_IDLE_MS` without writes.
+`SESSION_RESULTS` results (a command at or below the highest forgotten sequence is
+refused rather than risk applying it twice) and expires after `SESSION_IDLE_MS` without
+writes.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ def _ignore(event: object) -> None:
 
 @dataclass
 class _Session:
-    results: OrderedDict[int, Result] = field(default_factory=OrderedDict)
+    results: OrderedDict[int, Result] = field(default_factory=OrderedDict)  # in apply order
     last_seen_ms: int = 0
+    # Highest sequence whose result was dropped.  A client's concurrent writes may commit
+    # out of sequence order, so only this watermark, not the oldest result kept, tells a
+    # new write from a retry whose answer is forgotten.
+    forgotten_upto: int = 0
 
 
 class DsyncStateMachine:
@@ -85,7 +91,9 @@ class DsyncStateMachine:
             )
         )
         for client_id, session in self._sessions.items():
-            entry = snap.sessions.add(client_id=client_id, last_seen_ms=session.last_seen_ms)
+            entry = snap.sessions.add(
+                client_id=client_id, last_seen_ms=session.last_seen_ms, forgotten_upto=session.forgotten_upto
+            )
             for sequence, result in session.results.items():
                 entry.results.add(sequence=sequence, result=_encode_result(result))
         for name, component in self.components.items():
@@ -99,7 +107,7 @@ class DsyncStateMachine:
         self.now_ms = snap.clock.now_ms
         self._sessions = OrderedDict()
         for entry in snap.sessions:
-            session = _Session(last_seen_ms=entry.last_seen_ms)
+            session = _Session(last_seen_ms=entry.last_seen_ms, forgotten_upto=entry.forgotten_upto)
             for cached in entry.results:
                 session.results[cached.sequence] = _decode_result(cached.result)
             self._sessions[entry.client_id] = session
@@ -133,16 +141,18 @@ class DsyncStateMachine:
         seen = session.results.get(cmd.sequence)
         if seen is not None:
             return seen
-        if session.results and cmd.sequence < next(iter(session.results)):
+        if cmd.sequence <= session.forgotten_upto:
             return Refusal(
                 Code.FAILED_PRECONDITION,
-                f"header.sequence {cmd.sequence} is older than this client's last "
-                f"{SESSION_RESULTS} writes: its outcome is forgotten; send new writes with new numbers",
+                f"header.sequence {cmd.sequence} is at or below {session.forgotten_upto}, whose outcome "
+                f"this client's session no longer keeps (it keeps {SESSION_RESULTS} results): "
+                "send new writes with new sequence numbers",
             )
         result = component.apply(getattr(cmd, op), ctx)
         session.results[cmd.sequence] = result
         while len(session.results) > SESSION_RESULTS:
-            session.results.popitem(last=False)
+            dropped, _ = session.results.popitem(last=False)
+            session.forgotten_upto = max(session.forgotten_upto, dropped)
         return result
 
     def _expire_sessions(self) -> None:

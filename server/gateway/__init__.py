@@ -1,1 +1,1 @@
-"""HTTP for operators and curl: health, Raft state, metrics."""
+"""HTTP for clients, operators and curl: every annotated RPC, health, Raft state, metrics."""

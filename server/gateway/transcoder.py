@@ -13,7 +13,9 @@ durations in seconds, as the deployment guide writes them.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,28 +28,12 @@ from google.protobuf.descriptor import Descriptor, ServiceDescriptor
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.message_factory import GetMessageClass
 
-MAX_BODY_BYTES = 2 << 20
+from server.gateway.errors import MAX_BODY_BYTES, error_response
 
-# grpc-gateway's mapping, except FAILED_PRECONDITION -> 412 (a precondition failed).
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 412,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
+# A deadline, as gRPC clients send it (and grpc-gateway accepts it): `Grpc-Timeout: 2S`.
+TIMEOUT_HEADER = "Grpc-Timeout"
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
 class Aborted(Exception):
@@ -60,10 +46,15 @@ class Aborted(Exception):
 
 
 class InProcessContext:
-    """The part of grpc.aio.ServicerContext that servicers use, for in-process calls."""
+    """The part of grpc.aio.ServicerContext that servicers use, for in-process calls.
 
-    def __init__(self, peer: str) -> None:
+    `deadline` is in the event loop's clock, None for none: servicers that wait (a long
+    poll) read it through `time_remaining` to answer in time, as over gRPC.
+    """
+
+    def __init__(self, peer: str, deadline: float | None = None) -> None:
         self._peer = peer
+        self._deadline = deadline
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()) -> None:
         raise Aborted(code, details)
@@ -75,7 +66,9 @@ class InProcessContext:
         return ()
 
     def time_remaining(self) -> float | None:
-        return None
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     def cancelled(self) -> bool:
         return False
@@ -118,13 +111,6 @@ def routes_for(service: ServiceDescriptor, servicer: object) -> list[Route]:
     return found
 
 
-def error_response(code: grpc.StatusCode, message: str, details: Iterable[object] = ()) -> web.Response:
-    return web.json_response(
-        {"code": code.value[0], "status": code.name, "message": message, "details": list(details)},
-        status=HTTP_STATUS.get(code, 500),
-    )
-
-
 def _short_enum_names(descriptor: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Rewrite `"shared"` to `"LOCK_MODE_SHARED"` (and the like) wherever an enum is expected."""
     out: dict[str, Any] = {}
@@ -147,46 +133,65 @@ def _enum_name(enum: Any, value: str) -> str:
     return candidate if candidate in enum.values_by_name else value
 
 
+def timeout_seconds(header: str) -> float:
+    """`Grpc-Timeout`'s value (digits and a unit: H, M, S, m, u, n) in seconds; ValueError if malformed."""
+    match = _TIMEOUT.fullmatch(header.strip())
+    if match is None:
+        raise ValueError(
+            f"{TIMEOUT_HEADER}: {header!r} is not a timeout; write up to 8 digits and a unit, "
+            "H, M, S, m (ms), u or n: '2S', '500m'"
+        )
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+async def _parse(route: Route, path_fields: list[str], http: web.Request, message: ProtoMessage) -> None:
+    """Fill `message` from the path, then the body (or the query string of a GET)."""
+    payload: dict[str, Any] = {}
+    if route.body:
+        raw = await http.read()  # HTTPRequestEntityTooLarge beyond MAX_BODY_BYTES: see errors.py
+        if raw.strip():
+            decoded = json.loads(raw)
+            if route.body == "*":
+                if not isinstance(decoded, dict):
+                    raise ValueError("the body must be a JSON object")
+                payload = decoded
+            else:
+                payload = {route.body: decoded}
+    else:
+        payload = dict(http.query)
+    for name in path_fields:
+        payload[name] = http.match_info[name]
+    json_format.ParseDict(_short_enum_names(route.request, payload), message)
+
+
 def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     request_class = GetMessageClass(route.request)
-    path_fields = [f for f in route.request.fields if "{" + f.name + "}" in route.path]
+    path_fields = [f.name for f in route.request.fields if "{" + f.name + "}" in route.path]
 
     async def handle(http: web.Request) -> web.Response:
         message = request_class()
         try:
-            payload: dict[str, Any] = {}
-            if route.body:
-                raw = await http.read()
-                if raw.strip():
-                    decoded = json.loads(raw)
-                    if route.body == "*":
-                        if not isinstance(decoded, dict):
-                            raise ValueError("the body must be a JSON object")
-                        payload = decoded
-                    else:
-                        payload = {route.body: decoded}
-            else:
-                payload = {k: v for k, v in http.query.items()}
-            for field in path_fields:
-                payload[field.name] = http.match_info[field.name]
-            json_format.ParseDict(_short_enum_names(route.request, payload), message)
-        except web.HTTPRequestEntityTooLarge:
-            return web.json_response(
-                {
-                    "code": grpc.StatusCode.INVALID_ARGUMENT.value[0],
-                    "status": "PAYLOAD_TOO_LARGE",
-                    "message": f"request body larger than {MAX_BODY_BYTES} bytes: send less per request",
-                    "details": [],
-                },
-                status=413,
-            )
+            header = http.headers.get(TIMEOUT_HEADER)
+            timeout = None if header is None else timeout_seconds(header)
+            await _parse(route, path_fields, http, message)
         except (ValueError, json_format.ParseError) as exc:
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"bad request body: {exc}")
-        context = InProcessContext(f"http:{http.remote}")
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        context = InProcessContext(f"http:{http.remote}", deadline)
         try:
-            reply = await route.method(message, context)
+            async with asyncio.timeout_at(deadline) as scope:
+                reply = await route.method(message, context)
         except Aborted as exc:
             return error_response(exc.code, exc.details)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            return error_response(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer within the {TIMEOUT_HEADER} of {header}; a write may still take effect: "
+                "retry with the same header.client_id and header.sequence",
+            )
         return web.json_response(
             json_format.MessageToDict(
                 reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from server.fsm.protocols import StateMachine
-from server.raft import Entry, EntryKind, Message, NodeId, ProposalOutcome, RaftCore, Ready, ReadState, Role
+from server.raft import Entry, EntryKind, HardState, Message, NodeId, ProposalOutcome, RaftCore, Ready, ReadState, Role
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
 
@@ -94,6 +94,8 @@ class Replica:
         # Invariant: _applied <= the core's commit index; the state machine holds exactly
         # the entries up to _applied.
         self._applied = core.log.applied
+        # What storage holds: term and vote must reach it before anything depends on them.
+        self._saved_hard = HardState(core.term, core.vote, core.log.committed)
         self._ids = RequestIds()
         self._proposals = Proposals()
         self._reads = Reads()
@@ -392,14 +394,28 @@ class Replica:
         """The Ready's effects, in the order its docstring demands."""
         stats = self.stats
         stats.readies += 1
+        if rd.soft_state is not None:
+            stats.saw_leader(rd.soft_state.leader)
         if rd.snapshot is not None:
             # The log's new start point goes first: the entries saved next begin after it.
             await self._storage.compact(rd.snapshot.meta)
-        if rd.hard_state is not None or rd.entries:
+        hard_state = rd.hard_state
+        if hard_state is not None and not rd.entries and self._only_commit_moved(hard_state):
+            # The commit index is volatile in Raft (thesis §3.8): a restarted node learns it
+            # again from the leader.  Skipping this save takes a Redis round trip (an fsync)
+            # off every commit; term and vote are never skipped.
+            hard_state = None
+        if hard_state is not None or rd.entries:
             began = time.perf_counter()
-            await self._storage.save(rd.hard_state, rd.entries)
+            await self._storage.save(hard_state, rd.entries)
+            if hard_state is not None:
+                self._saved_hard = hard_state
+            took = time.perf_counter() - began
             stats.saves += 1
-            stats.save_seconds += time.perf_counter() - began
+            stats.save_seconds += took
+            stats.save_latency.observe(took)
+            if rd.entries:
+                stats.append_latency.observe(took)
             stats.entries_saved += len(rd.entries)
         if rd.messages:
             self._transport.send(rd.messages)
@@ -414,6 +430,10 @@ class Replica:
         self._answer(rd.read_states)
         self._core.advance(rd)
         self._pulse()
+
+    def _only_commit_moved(self, hard_state: HardState) -> bool:
+        saved = self._saved_hard
+        return hard_state.term == saved.term and hard_state.vote == saved.vote
 
     async def _apply(self, entries: list[Entry]) -> None:
         fsm = self._fsm
@@ -440,8 +460,10 @@ class Replica:
             return  # proposed elsewhere, or its caller gave up
         proposal.future.set_result(result)
         assert self._loop is not None
+        took = self._loop.time() - proposal.started
         self.stats.proposals_committed += 1
-        self.stats.commit_seconds += self._loop.time() - proposal.started
+        self.stats.commit_seconds += took
+        self.stats.commit_latency.observe(took)
 
     def _settle(self, outcomes: list[ProposalOutcome]) -> None:
         """Fail the proposals the core gave up on; successes were answered when applied."""

@@ -127,3 +127,27 @@ def test_snapshot_restores_clock_sessions_and_components_exactly() -> None:
     assert copy.apply(5, cmd(client="c", seq=7)) == fsm.apply(5, cmd(client="c", seq=7))
     assert copy.apply(6, cmd(client="d", seq=1)) == fsm.apply(6, cmd(client="d", seq=1))
     assert copied.count == counter.count == 1
+
+
+# One client's concurrent writes may commit out of sequence order (the SDK shares one
+# session between tasks and threads).
+
+
+def test_writes_of_one_client_that_commit_out_of_sequence_order_are_all_applied() -> None:
+    fsm, counter = machine()
+    assert fsm.apply(1, cmd(client="c", seq=2)) == wrappers_pb2.UInt64Value(value=1)
+    late = fsm.apply(2, cmd(client="c", seq=1))  # sent first, committed second: a new write
+    assert late == wrappers_pb2.UInt64Value(value=2), f"a never-applied write was refused: {late}"
+    assert counter.count == 2
+
+
+def test_a_retry_is_never_applied_twice_however_one_client_s_writes_were_ordered() -> None:
+    fsm, counter = machine()
+    results = {}
+    for index, seq in enumerate([1, 3, 2, *range(4, SESSION_RESULTS + 3)], start=1):
+        results[seq] = fsm.apply(index, cmd(client="c", seq=seq))  # 258 writes: two results forgotten
+    applied = counter.count
+    retry = fsm.apply(10_000, cmd(client="c", seq=3))  # seq 3's answer was lost; it is retried
+    assert counter.count == applied, "the retried write was applied a second time"
+    forgotten = isinstance(retry, Refusal) and retry.code is Code.FAILED_PRECONDITION
+    assert forgotten or retry == results[3]

@@ -27,6 +27,19 @@ def test_self_may_be_listed_in_peers_when_it_agrees() -> None:
     assert cfg.voters == ("node1", "node2", "node3")
 
 
+def test_a_peer_entry_may_give_the_members_http_address() -> None:
+    peers = "node2=http://127.0.0.1:50052;http=http://127.0.0.1:8002/,node3=http://127.0.0.1:50053"
+    cfg = load(BASE | {"PEERS": peers, "HTTP_PORT": "8001"})
+    assert {m.name: m.http for m in cfg.members} == {
+        "node1": "http://127.0.0.1:8001",  # its own: SELF_URL's host and HTTP_PORT
+        "node2": "http://127.0.0.1:8002",
+        "node3": None,  # not configured: unknown, never guessed
+    }
+    assert cfg.peers == {"node2": "127.0.0.1:50052", "node3": "127.0.0.1:50053"}
+    listed = load(BASE | {"PEERS": "node1=http://127.0.0.1:50051;http=http://localhost:8001," + peers})
+    assert listed.me.http == "http://localhost:8001"  # as advertised in PEERS
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -38,6 +51,8 @@ def test_self_may_be_listed_in_peers_when_it_agrees() -> None:
         ({"PEERS": "node2=http://127.0.0.1"}, "no port"),
         ({"PEERS": "node2=ftp://x:1"}, "not a peer URL"),
         ({"PEERS": "node1=http://127.0.0.1:59999"}, "SELF_URL is missing from the membership"),
+        ({"PEERS": "node2=http://127.0.0.1:50052;http=8002"}, "not an HTTP base URL"),
+        ({"PEERS": "node2=http://127.0.0.1:50052;https://x:1"}, "must be http="),
         ({"QUORUM": "3"}, "set QUORUM=2"),
         ({"QUORUM": "two"}, "QUORUM"),
         ({"HTTP_PORT": "70000"}, "HTTP_PORT"),

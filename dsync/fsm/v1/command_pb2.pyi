@@ -180,9 +180,14 @@ class Session(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_UPTO_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     last_seen_ms: _builtins.int
     """State-machine time of the client's last write; idle sessions expire."""
+    forgotten_upto: _builtins.int
+    """The highest sequence whose result was dropped to keep the session bounded: a
+    command at or below it that is not remembered is refused, never applied twice.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CachedResult]: ...
     def __init__(
@@ -191,10 +196,11 @@ class Session(_message.Message):
         client_id: _builtins.str = ...,
         results: _abc.Iterable[Global___CachedResult] | None = ...,
         last_seen_ms: _builtins.int = ...,
+        forgotten_upto: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "last_seen_ms", b"last_seen_ms", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "forgotten_upto", b"forgotten_upto", "last_seen_ms", b"last_seen_ms", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

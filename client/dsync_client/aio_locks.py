@@ -1,0 +1,112 @@
+"""`async with client.lock(...) as held:` -- the asyncio twin of locks.py: the lease is
+refreshed by a task instead of a thread, and `held.lost` is an asyncio.Event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from types import TracebackType
+
+from . import lock_ops
+from .aio_transport import AsyncTransport
+from .errors import DsyncError, LockLost, NotHeld
+from .lock_ops import Grant, Mode
+from .locks import block_owner, lease_start
+
+log = logging.getLogger("dsync_client")
+
+
+class AsyncHeldLock:
+    """The hold an `async with client.lock(...)` block has: `token` is the fencing token;
+    `lost` is set as soon as the lease may have ended without the block being told."""
+
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
+        self.lost = asyncio.Event()
+
+    @property
+    def resource(self) -> str:
+        return self.grant.resource
+
+    @property
+    def owner(self) -> str:
+        return self.grant.owner
+
+    @property
+    def mode(self) -> str:
+        return self.grant.mode
+
+    @property
+    def token(self) -> int:
+        return self.grant.token
+
+
+class AsyncLockContext:
+    """Acquires on enter, refreshes while inside, releases on exit (exceptions included)."""
+
+    def __init__(
+        self, transport: AsyncTransport, resource: str, owner: str | None, mode: Mode, timeout: float, ttl: float
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive seconds (the lease), got {ttl!r}")
+        self._t = transport
+        self._resource = resource
+        self._owner = owner or block_owner(transport.session.client_id)
+        self._mode = mode
+        self._timeout = timeout
+        self._ttl = ttl
+        self._held: AsyncHeldLock | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncHeldLock:
+        if self._held is not None:
+            raise RuntimeError("a lock context holds once: call client.lock(...) again for another hold")
+        sent = time.monotonic()
+        header = self._t.session.header()
+        op = lock_ops.acquire(header, self._resource, self._owner, self._mode, self._timeout, self._ttl)
+        held = self._held = AsyncHeldLock(await self._t.run(op))
+        started = lease_start(sent, self._timeout)
+        self._refresher = asyncio.create_task(self._refresh(held, started), name=f"dsync-lock-{self._resource}")
+        return held
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._held is not None and self._refresher is not None, "__aexit__ without __aenter__"
+        self._refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._refresher
+        try:
+            await self._t.run(lock_ops.release(self._t.session.header(), self._resource, self._owner))
+        except NotHeld as lost:
+            self._held.lost.set()
+            message = (
+                f"the lease on {self._resource!r} (token {self._held.token}) ended before the block did "
+                f"({lost.message}); work done after that may have overlapped another holder's"
+            )
+            if exc is None:
+                raise LockLost(message, code=lost.code, endpoint=lost.endpoint) from lost
+            exc.add_note(f"dsync: {message}")
+        except DsyncError as error:
+            # The block's work is done; the lease ends the hold by itself within ttl.
+            log.warning("could not release %r (its lease ends within %ss): %s", self._resource, self._ttl, error)
+
+    async def _refresh(self, held: AsyncHeldLock, confirmed: float) -> None:
+        """Renew every ttl/3 until cancelled; each refresh may retry until the lease, counted
+        from the last confirmed renewal's send time, would have ended."""
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            sent = time.monotonic()
+            remaining = confirmed + self._ttl - sent
+            try:
+                if remaining <= 0:
+                    raise DsyncError(f"no refresh got through within the {self._ttl}s lease")
+                op = lock_ops.refresh(self._t.session.header(), self._resource, self._owner, self._ttl)
+                held.grant = await self._t.run(op, timeout=remaining)
+            except DsyncError as error:
+                log.warning("lost the lock on %r (token %d): %s", self._resource, held.token, error)
+                held.lost.set()
+                return
+            confirmed = sent

@@ -1,0 +1,191 @@
+"""Producing to and consuming from a topic, asyncio flavour (see queues.py for the rules).
+
+    async for msg in client.queue("jobs").consume(consumer="worker-1"):
+        await handle(msg.body)
+
+An async generator left by `break` or an exception is closed -- and its message nacked --
+when it is garbage-collected; wrap it in `contextlib.aclosing(...)` to settle at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Iterable
+
+from . import queue_ops
+from .aio_transport import AsyncTransport
+from .errors import DsyncError, FailedPrecondition, NotFound
+from .ops import ConsistencyName
+from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
+from .values import Body
+
+log = logging.getLogger("dsync_client")
+
+
+class AsyncMessage:
+    """One delivery being handled; `settled` once acked or nacked."""
+
+    def __init__(self, queue: AsyncQueue, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.settled = False
+        self.dead_lettered = False
+        self._queue = queue
+        self._lock = asyncio.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.delivery.id
+
+    @property
+    def body(self) -> Body:
+        return self.delivery.body
+
+    @property
+    def delivery_count(self) -> int:
+        return self.delivery.delivery_count
+
+    async def ack(self) -> None:
+        """Remove the message for good."""
+        async with self._lock:
+            await self._queue.ack(self.id, receipt=self.delivery.receipt)
+            self.settled = True
+
+    async def nack(self, delay: float = 0.0) -> bool:
+        """Hand it back, ready again after `delay` s; True if it was dead-lettered instead."""
+        async with self._lock:
+            self.dead_lettered = await self._queue.nack(self.id, receipt=self.delivery.receipt, delay=delay)
+            self.settled = True
+            return self.dead_lettered
+
+    async def extend(self, visibility_timeout: float) -> None:
+        """Keep it in flight `visibility_timeout` s from now, unless already settled."""
+        async with self._lock:
+            if not self.settled:
+                await self._queue.extend(self.id, visibility_timeout, receipt=self.delivery.receipt)
+
+
+class AsyncVisibilityKeeper:
+    """Extends the messages being handled, every third of their visibility timeout."""
+
+    def __init__(self, visibility_timeout: float) -> None:
+        self._visibility = visibility_timeout
+        self._messages: dict[str, AsyncMessage] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, message: AsyncMessage) -> None:
+        self._messages[message.id] = message
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dsync-visibility")
+
+    def drop(self, message: AsyncMessage) -> None:
+        self._messages.pop(message.id, None)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._visibility / 3)
+            for message in list(self._messages.values()):
+                try:
+                    await message.extend(self._visibility)
+                except (NotFound, FailedPrecondition) as gone:  # redelivered elsewhere, or settled
+                    log.warning("message %r is no longer ours to extend: %s", message.id, gone)
+                    self.drop(message)
+                except DsyncError as error:
+                    log.warning("could not extend message %r (will try again): %s", message.id, error)
+
+
+class AsyncQueue:
+    """One topic.  Writes are exactly-once per call: retries reuse the request header."""
+
+    def __init__(self, transport: AsyncTransport, topic: str) -> None:
+        self._t = transport
+        self.topic = topic
+
+    async def publish(self, body: Body, *, id: str = "", delay: float = 0.0, max_deliveries: int = 0) -> Published:
+        """Append one message: `body` is JSON or bytes (raw).  With an `id`, publishing the
+        same id again adds nothing (`duplicate` in the answer)."""
+        message = Outgoing(body, id, delay, max_deliveries)
+        return await self._t.run(queue_ops.publish(self._t.session.header(), self.topic, message))
+
+    async def publish_batch(self, messages: Iterable[Body | Outgoing]) -> list[Published]:
+        """Append up to 1,000 messages atomically (all or none), in order."""
+        batch = [as_outgoing(m) for m in messages]
+        return await self._t.run(queue_ops.publish_batch(self._t.session.header(), self.topic, batch))
+
+    async def receive(
+        self, consumer: str, *, max_messages: int = 1, visibility_timeout: float = 30.0, wait: float = 0.0
+    ) -> list[AsyncMessage]:
+        """Take up to `max_messages` ready messages, waiting up to `wait` s (at most 20)."""
+        op = queue_ops.consume(self._t.session.header(), self.topic, consumer, max_messages, visibility_timeout, wait)
+        return [AsyncMessage(self, d) for d in await self._t.run(op)]
+
+    async def consume(
+        self,
+        consumer: str,
+        *,
+        visibility_timeout: float = 30.0,
+        wait: float = 20.0,
+        prefetch: int = 1,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+    ) -> AsyncGenerator[AsyncMessage, None]:
+        """Messages forever, acked when the loop body finishes, nacked with backoff when it
+        is left (see queues.Queue.consume)."""
+        keeper = AsyncVisibilityKeeper(visibility_timeout)
+        handling: AsyncMessage | None = None
+        pending: list[AsyncMessage] = []
+        try:
+            while True:
+                pending = await self.receive(
+                    consumer, max_messages=prefetch, visibility_timeout=visibility_timeout, wait=wait
+                )
+                for message in pending:  # prefetched ones wait their turn without timing out
+                    keeper.hold(message)
+                while pending:
+                    handling = pending.pop(0)
+                    yield handling
+                    keeper.drop(handling)
+                    handled, handling = handling, None
+                    if not handled.settled:
+                        await _ack_after_handling(handled)
+        finally:
+            await keeper.stop()
+            backoff = 0.0 if handling is None else nack_delay(handling.delivery_count, retry_delay, max_retry_delay)
+            await _hand_back(handling, pending, backoff)
+
+    async def ack(self, id: str, *, receipt: str = "") -> None:
+        await self._t.run(queue_ops.ack(self._t.session.header(), self.topic, id, receipt))
+
+    async def nack(self, id: str, *, receipt: str = "", delay: float = 0.0) -> bool:
+        return await self._t.run(queue_ops.nack(self._t.session.header(), self.topic, id, receipt, delay))
+
+    async def extend(self, id: str, visibility_timeout: float, *, receipt: str = "") -> None:
+        await self._t.run(queue_ops.extend(self._t.session.header(), self.topic, id, receipt, visibility_timeout))
+
+    async def stats(self, *, consistency: ConsistencyName = "linearizable") -> QueueStats:
+        return await self._t.run(queue_ops.stats(self.topic, consistency))
+
+
+async def _ack_after_handling(message: AsyncMessage) -> None:
+    try:
+        await message.ack()
+    except (NotFound, FailedPrecondition) as gone:  # redelivered meanwhile: that delivery settles it
+        log.warning("handled message %r could not be acked: %s", message.id, gone)
+
+
+async def _hand_back(handling: AsyncMessage | None, prefetched: list[AsyncMessage], backoff: float) -> None:
+    returns: list[tuple[AsyncMessage | None, float]] = [(handling, backoff), *((m, 0.0) for m in prefetched)]
+    for message, delay in returns:
+        if message is None or message.settled:
+            continue
+        try:
+            await message.nack(delay)
+        except DsyncError as error:  # it comes back when its visibility timeout passes
+            log.warning("could not hand message %r back: %s", message.id, error)

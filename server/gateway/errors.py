@@ -1,0 +1,90 @@
+"""Every HTTP error the gateway sends has one JSON shape, whatever produced it.
+
+    {"code": 10, "status": "ABORTED", "message": "...", "details": []}
+
+`code` and `status` are the gRPC status (number and name) a gRPC client would have
+seen, `message` says what to change, `details` is always a list (google.rpc.Status'
+shape, as grpc-gateway sends it).  Servicer errors map through `HTTP_STATUS`; errors
+aiohttp raises before a servicer runs (no such route, wrong verb, body too large) and
+unexpected exceptions are turned into the same shape by `json_errors`, so a client
+never has to parse aiohttp's plain-text pages and a bug answers 500, never a dropped
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+# The largest request body the gateway reads; larger ones get 413.
+MAX_BODY_BYTES = 2 << 20
+
+# grpc-gateway's mapping, except FAILED_PRECONDITION -> 412 (a precondition failed).
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(
+    code: grpc.StatusCode, message: str, details: Iterable[object] = (), *, http_status: int | None = None
+) -> web.Response:
+    """The JSON error body; the HTTP status follows `code` unless `http_status` says otherwise."""
+    return web.json_response(
+        {"code": code.value[0], "status": code.name, "message": message, "details": list(details)},
+        status=http_status or HTTP_STATUS.get(code, 500),
+    )
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request body larger than {MAX_BODY_BYTES} bytes, the gateway's limit: send less per request "
+            "(publish_batch in several calls, say)",
+            http_status=413,
+        )
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(
+            grpc.StatusCode.UNIMPLEMENTED, f"{request.method} {request.path}: use {allowed}", http_status=405
+        )
+    if isinstance(exc, web.HTTPNotFound):
+        return error_response(grpc.StatusCode.NOT_FOUND, f"no route {request.method} {request.path}", http_status=404)
+    return error_response(grpc.StatusCode.UNKNOWN, exc.reason, http_status=exc.status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's error pages and unexpected exceptions, as the gateway's JSON error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(request, exc)
+    except Exception:
+        logger.exception("HTTP %s %s failed", request.method, request.path)
+        return error_response(grpc.StatusCode.INTERNAL, "the node failed to handle the request; see its log")
