@@ -391,7 +391,8 @@ async def main() -> None:
         parser.error("need --seconds > 0, --warmup >= 0, --clients >= 1 and --runs >= 1")
     print(
         f"{NODES} nodes + {NODES} redis-servers + the load generator ({args.loadgen}) share {os.cpu_count()} CPUs;"
-        f" {args.clients} clients, {len(VALUE)}-character string values, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
+        f" {args.clients} clients, {len(VALUE)}-character string values,"
+        f" {args.warmup:g} s warm-up, {args.seconds:g} s window;"
         f" floor: grpc.aio echo, {args.clients} callers and the server in one process, just before each cluster"
     )
     for mode in modes:

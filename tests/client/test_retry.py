@@ -140,8 +140,11 @@ def test_the_client_gives_up_at_its_deadline_saying_why(serve: Serve) -> None:
         client.cache.put("k", 1)
     elapsed = time.monotonic() - started
     assert 0.6 < elapsed < 2.0
-    assert "gave up after" in raised.value.message and "it may still commit" in raised.value.message
-    assert "the write may or may not have taken effect" in raised.value.message
+    # The last failure is named: the server's answer, or (on a loaded machine) an attempt
+    # that ran out of time; either way a write's outcome is unknown and says so.
+    message = raised.value.message
+    assert "gave up after" in message and ("it may still commit" in message or "DEADLINE" in message.upper())
+    assert "the write may or may not have taken effect" in message
     attempts = nodes[0].headers + nodes[1].headers
     assert len(attempts) >= 4 and set(attempts) == {(client.client_id, 1)}
     assert nodes[0].headers and nodes[1].headers, "both endpoints were tried"
