@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from server.fsm.protocols import StateMachine
-from server.raft import Entry, EntryKind, HardState, Message, NodeId, ProposalOutcome, RaftCore, Ready, ReadState, Role
+from server.raft import Entry, EntryKind, HardState, Message, MsgType, NodeId, ProposalOutcome, RaftCore, Ready, ReadState, Role
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
 
@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 # Entries applied between two yields to the event loop: a long catch-up must not hold
 # up the rest of the node (its RPCs, the transport's streams) for more than a moment.
 APPLY_CHUNK = 512
+# Adaptive batching on the leader: below this many new proposals in a turn, while others
+# are still in flight, wait BATCH_WAIT seconds for more before writing and sending.
+BATCH_TARGET = 32
+BATCH_WAIT = 0.001
 
 
 class Replica:
@@ -104,6 +108,7 @@ class Replica:
         self._new_proposals: list[Proposal] = []
         self._new_reads: list[bytes] = []
         self._transfers: list[NodeId] = []
+        self._stepped_proposals = 0  # how many proposals the last turn took in
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # replaced after every Ready; see _pulse
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -340,6 +345,11 @@ class Replica:
             if now >= next_tick:
                 next_tick = self._tick(now, next_tick)
             if core.has_ready():
+                if self._worth_waiting():
+                    # A leader with writes in flight and only a few new ones: a moment's wait
+                    # lets more join this Ready, so one save and one append carry them all.
+                    await asyncio.sleep(BATCH_WAIT)
+                    self._step_inputs()
                 await self._carry_out(core.ready())
                 # Let inputs in before the next Ready, even when storage answered without
                 # suspending (the in-memory twin does): it batches them and starves no one.
@@ -351,12 +361,21 @@ class Replica:
                 finally:
                     timer.cancel()
 
+    def _worth_waiting(self) -> bool:
+        core = self._core
+        in_flight = core.log.last_index > core.log.committed  # an append round is out
+        return core.role is Role.LEADER and in_flight and 0 < self._stepped_proposals < BATCH_TARGET
+
     def _step_inputs(self) -> None:
         core = self._core
+        fresh = len(self._new_proposals)
         if self._inbox:
             messages, self._inbox = self._inbox, []
             for message in messages:
+                if message.type is MsgType.PROPOSE:
+                    fresh += len(message.entries)
                 core.step(message)
+        self._stepped_proposals = fresh
         if self._new_proposals:
             proposals, self._new_proposals = self._new_proposals, []
             for proposal in proposals:
