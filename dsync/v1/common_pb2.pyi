@@ -59,7 +59,9 @@ class RequestHeader(_message.Message):
     client_id: _builtins.str
     """Any stable, unique string per client process, e.g. a UUID.  At most 128 bytes."""
     sequence: _builtins.int
-    """Grows by one with each new write of that client; a retry reuses its number."""
+    """Required (1 or more) when client_id is set: grows by one with each new write of that
+    client; a retry reuses its number.
+    """
     def __init__(
         self,
         *,

@@ -29,6 +29,11 @@ def check_header(header: common_pb2.RequestHeader) -> None:
         raise invalid("header.client_id", f"longer than {MAX_CLIENT_ID_BYTES} bytes")
     if header.sequence and not header.client_id:
         raise invalid("header.client_id", "required when header.sequence is set")
+    if header.client_id and not header.sequence:
+        raise invalid(
+            "header.sequence",
+            "required (1 or more) when header.client_id is set: give each new write the next number",
+        )
 
 
 async def execute(

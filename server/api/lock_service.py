@@ -66,7 +66,7 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
         with self._ctx.hub.expect(wait_key(command.resource, command.owner)) as expectation:
             outcome = await self._propose(fsm_lock_pb2.LockCommand(acquire=command), request.header)
             if outcome.HasField("granted"):
-                return outcome.granted
+                return self._still_held(outcome.granted, command)
             began = time.monotonic()
             waited = self.stats.not_granted
             try:
@@ -120,6 +120,20 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
         self, command: fsm_lock_pb2.LockCommand, header: common_pb2.RequestHeader
     ) -> fsm_lock_pb2.LockAcquireOutcome:
         return await execute(self._ctx.replica, "lock", command, header, fsm_lock_pb2.LockAcquireOutcome)
+
+    def _still_held(
+        self, granted: lock_pb2.AcquireResponse, command: fsm_lock_pb2.LockCommand.Acquire
+    ) -> lock_pb2.AcquireResponse:
+        """The grant, as it stands now.  A retry answered from the client's session may carry
+        a grant whose lease has ended since (and the lock moved on): never hand that out."""
+        held = self._locks.holding(command.resource, command.owner, Mode(command.mode), self._now_ms)
+        if held is None or held.fencing_token != granted.fencing_token:
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                f"this request's grant of {command.resource!r} (token {granted.fencing_token}) has already "
+                f"ended, and {command.owner} does not hold it under that token now: acquire again with a new request",
+            )
+        return held
 
     async def _await_grant(
         self, expectation: Expectation, command: fsm_lock_pb2.LockCommand.Acquire

@@ -135,6 +135,10 @@ class DsyncStateMachine:
     def _apply_once(self, cmd: command_pb2.Command, op: str, component: Component, ctx: ApplyContext) -> Result:
         if len(cmd.client_id.encode()) > MAX_CLIENT_ID_BYTES:
             return Refusal(Code.INVALID_ARGUMENT, f"header.client_id: longer than {MAX_CLIENT_ID_BYTES} bytes")
+        if cmd.sequence == 0:
+            # Remembering a result under 0 would answer every later write of this client
+            # with it: each new write needs a new number.
+            return Refusal(Code.INVALID_ARGUMENT, "header.sequence: required (1 or more) with header.client_id")
         session = self._sessions.pop(cmd.client_id, None) or _Session()
         session.last_seen_ms = self.now_ms
         self._sessions[cmd.client_id] = session  # now the most recently active

@@ -17,6 +17,7 @@ from dsync.v1 import common_pb2, lock_pb2, lock_pb2_grpc
 from server.api import lock_service
 from server.api.lock_service import add_lock_service
 from server.fsm.lock import LockMachine
+from server.fsm.lock_state import Mode
 from tests.api.harness import ServiceCluster, service_cluster
 from tests.replica.cluster import eventually
 
@@ -343,3 +344,20 @@ async def test_a_leader_crash_mid_run_never_grants_one_lock_to_two_holders(clust
     await cluster.start(leader)
     await asyncio.wait_for(asyncio.gather(*clients), 30)
     assert len(tokens) == 3 * rounds and tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
+
+
+async def test_a_retry_answered_from_the_session_never_hands_out_a_grant_whose_lease_ended(
+    cluster: ServiceCluster,
+) -> None:
+    """The first attempt was granted but its answer lost; by the retry the lease has run out
+    and the lock moved on.  The cached grant must not come back as if still held."""
+    leader, followers = await roles(cluster)
+    header = common_pb2.RequestHeader(client_id="a-client", sequence=1)
+    first = await stub(cluster, leader).Acquire(acquire("stale", "alice", ttl=0.2, header=header))
+    machine = locks_of(cluster, leader)
+    await eventually(lambda: machine.holding("stale", "alice", Mode.EXCLUSIVE, 0) is None, "alice's lease to end")
+    bob = await stub(cluster, leader).Acquire(acquire("stale", "bob"))
+    assert bob.fencing_token > first.fencing_token
+    error = await rpc_error(stub(cluster, followers[0]).Acquire(acquire("stale", "alice", ttl=0.2, header=header)))
+    assert error.code() == grpc.StatusCode.ABORTED and "already ended" in (error.details() or "")
+    assert locks_of(cluster, leader).holding("stale", "bob", Mode.EXCLUSIVE, 0) is not None

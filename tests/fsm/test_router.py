@@ -151,3 +151,13 @@ def test_a_retry_is_never_applied_twice_however_one_client_s_writes_were_ordered
     assert counter.count == applied, "the retried write was applied a second time"
     forgotten = isinstance(retry, Refusal) and retry.code is Code.FAILED_PRECONDITION
     assert forgotten or retry == results[3]
+
+
+def test_a_client_id_without_a_sequence_is_refused_so_later_writes_are_not_answered_with_the_first() -> None:
+    fsm, counter = machine()
+    for index in (1, 2):
+        refused = fsm.apply(index, cmd(client="c", seq=0))
+        assert isinstance(refused, Refusal) and refused.code is Code.INVALID_ARGUMENT
+        assert "header.sequence" in refused.message
+    assert counter.count == 0
+
