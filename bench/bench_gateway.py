@@ -43,7 +43,16 @@ from typing import Any
 
 import aiohttp
 
-from bench.bench_writes import cluster_pids, cpu_seconds, free_ports, machine_busy_seconds, percentiles
+from bench.measure import (
+    cluster_pids,
+    cpu_seconds,
+    floor_and_others,
+    free_ports,
+    machine_busy_seconds,
+    ms,
+    percentiles,
+    receive,
+)
 from bench.floors import aiohttp_echo_floor
 from server.cluster import LocalCluster
 
@@ -155,18 +164,6 @@ def _loadgen_process(conn: Connection, urls: list[str], clients: int, warmup: fl
         conn.close()
 
 
-async def _receive(conn: Connection, timeout: float) -> object:
-    try:
-        if not await asyncio.to_thread(conn.poll, timeout):
-            raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
-        item = conn.recv()
-    except EOFError:
-        raise RuntimeError("the load generator process died without a word") from None
-    if isinstance(item, Exception):
-        raise item
-    return item
-
-
 async def run_load(
     urls: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
 ) -> Load:
@@ -179,11 +176,11 @@ async def run_load(
     assert proc.pid is not None
     try:
         for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
-            got = await _receive(ours, timeout)
+            got = await receive(ours, timeout)
             if got != phase:
                 raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
             mark(phase, proc.pid)
-        load = await _receive(ours, CALL_TIMEOUT_S + 10)
+        load = await receive(ours, CALL_TIMEOUT_S + 10)
         assert isinstance(load, Load)
         return load
     finally:
@@ -194,16 +191,8 @@ async def run_load(
             await asyncio.to_thread(proc.join)
 
 
-async def floor_and_others(clients: int, seconds: float) -> tuple[float, float]:
-    """The echo floor's requests/s, and the cores other processes used meanwhile."""
-    busy, own, began = machine_busy_seconds(), time.process_time(), time.perf_counter()
-    floor = await aiohttp_echo_floor(clients=clients, seconds=seconds)
-    others = machine_busy_seconds() - busy - (time.process_time() - own)
-    return floor, max(others, 0.0) / (time.perf_counter() - began)
-
-
 async def one_run(args: argparse.Namespace) -> RunResult:
-    floor, floor_others = await floor_and_others(args.clients, args.seconds)
+    floor, floor_others = await floor_and_others(aiohttp_echo_floor, args.clients, args.seconds)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-gateway-") as data_dir:
         ports = free_ports(3 * NODES)
         cluster = LocalCluster(
@@ -248,19 +237,15 @@ async def one_run(args: argparse.Namespace) -> RunResult:
     )
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:6.1f} ms"
-
-
 def print_run(n: int, runs: int, result: RunResult) -> None:
     errors = sum(result.errors.values())
     detail = f" ({', '.join(f'{k}: {v}' for k, v in result.errors.most_common())})" if errors else ""
     print(
-        f"  run {n}/{runs}: {result.rps:7,.0f} req/s  p50 {_ms(result.p50)}  p99 {_ms(result.p99)}"
+        f"  run {n}/{runs}: {result.rps:7,.0f} req/s  p50 {ms(result.p50)}  p99 {ms(result.p99)}"
         f"  errors {errors}{detail}  floor {result.floor:7,.0f} req/s  ratio {result.ratio:4.2f}"
     )
     routes = "  ".join(
-        f"{route} {_ms(p50).strip()}/{_ms(p99).strip()}" for route, (p50, p99) in result.by_route.items()
+        f"{route} {ms(p50).strip()}/{ms(p99).strip()}" for route, (p50, p99) in result.by_route.items()
     )
     print(f"    p50/p99 by route: {routes}")
     used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
@@ -274,8 +259,8 @@ def print_median(results: list[RunResult]) -> None:
     ratio = statistics.median(r.ratio for r in results)
     errors = sum(sum(r.errors.values()) for r in results)
     print(
-        f"median of {len(results)}: {rps:,.0f} req/s  p50 {_ms(statistics.median(r.p50 for r in results))}"
-        f"  p99 {_ms(statistics.median(r.p99 for r in results))}"
+        f"median of {len(results)}: {rps:,.0f} req/s  p50 {ms(statistics.median(r.p50 for r in results))}"
+        f"  p99 {ms(statistics.median(r.p99 for r in results))}"
         f"  floor {statistics.median(r.floor for r in results):,.0f} req/s  ratio {ratio:.2f}  errors {errors}"
         f"  disturbed runs {sum(r.disturbed for r in results)}"
     )

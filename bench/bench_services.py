@@ -40,7 +40,6 @@ import asyncio
 import math
 import multiprocessing
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -48,7 +47,6 @@ import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,6 +56,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from bench.floors import grpc_echo_floor
+from bench.measure import cpu_seconds, floor_and_others, free_ports, machine_busy_seconds, ms, percentiles, receive
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2, lock_pb2, lock_pb2_grpc, queue_pb2, queue_pb2_grpc
 from server.cluster import LocalCluster
 
@@ -75,7 +74,6 @@ LEADER_TIMEOUT_S = 30.0
 ERROR_PAUSE_S = 0.01
 TARGET_P99_S = 0.050
 TARGET_P99_CLIENTS = 64  # the issue sets the p99 target "at 64 clients"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Beyond this many cores used by other processes, a run is flagged: its ratio means little.
 DISTURBED_CORES = 0.25
 
@@ -214,21 +212,6 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 # ---------------------------------------------------------------- CPU accounting
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (fields 14 and 15 of /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle, over all CPUs (first line of /proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
-
-
 @dataclass
 class Cpu:
     """Cores used in a window: CPU seconds per second, by process group."""
@@ -278,14 +261,6 @@ class CpuMeter:
 
 
 # ---------------------------------------------------------------- the load generator
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    """(p50, p99) in seconds; NaN without enough samples."""
-    if len(samples) < 2:
-        return math.nan, math.nan
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return cuts[49], cuts[98]
 
 
 @dataclass
@@ -394,14 +369,7 @@ def _loadgen_process(conn: Connection, plan: Plan) -> None:
 
 
 async def _receive(conn: Connection, timeout: float) -> Result | None:
-    try:
-        if not await asyncio.to_thread(conn.poll, timeout):
-            raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
-        item = conn.recv()
-    except EOFError:
-        raise RuntimeError("the load generator process died without a word") from None
-    if isinstance(item, Exception):
-        raise item
+    item = await receive(conn, timeout)
     assert item is None or isinstance(item, Result)
     return item
 
@@ -429,24 +397,6 @@ async def run_plan_in_process(plan: Plan, report: Callable[[Result], None]) -> N
 # ---------------------------------------------------------------- the cluster side
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; held together so they are distinct."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-async def floor_and_others(clients: int, seconds: float) -> tuple[float, float]:
-    """The echo floor's requests/s, and the cores other processes used meanwhile."""
-    busy, own, began = machine_busy_seconds(), time.process_time(), time.perf_counter()
-    floor = await grpc_echo_floor(clients=clients, seconds=seconds)
-    elapsed = time.perf_counter() - began
-    others = machine_busy_seconds() - busy - (time.process_time() - own)
-    return floor, max(others, 0.0) / elapsed
-
-
 @dataclass
 class Run:
     results: list[Result] = field(default_factory=list)
@@ -461,7 +411,7 @@ class Run:
 async def one_run(args: argparse.Namespace, chosen: list[tuple[Scenario, int]]) -> Run:
     run = Run()
     for clients in sorted({n for _, n in chosen}, reverse=True):
-        run.floors[clients], others = await floor_and_others(clients, args.seconds)
+        run.floors[clients], others = await floor_and_others(grpc_echo_floor, clients, args.seconds)
         run.floor_others = max(run.floor_others, others)
     print("  echo floor: " + ", ".join(f"{n} callers {r:,.0f} req/s" for n, r in run.floors.items()), flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-services-") as data_dir:
@@ -509,10 +459,6 @@ async def one_run(args: argparse.Namespace, chosen: list[tuple[Scenario, int]]) 
 # ---------------------------------------------------------------- reporting
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:6.1f} ms"
-
-
 def _errors(errors: Counter[str]) -> str:
     total = sum(errors.values())
     return f"{total}" + (f" ({', '.join(f'{k} {v}' for k, v in errors.most_common())})" if total else "")
@@ -521,10 +467,10 @@ def _errors(errors: Counter[str]) -> str:
 def print_result(result: Result, scenario: Scenario) -> None:
     print(
         f"  {scenario.name:11} {result.clients:3} clients {result.ops_per_s:9,.0f} {scenario.unit:11}"
-        f" p50 {_ms(result.p50)}  p99 {_ms(result.p99)}  errors {_errors(result.errors)}"
+        f" p50 {ms(result.p50)}  p99 {ms(result.p99)}  errors {_errors(result.errors)}"
         f"  ratio {result.ratio:5.2f} x echo"
     )
-    calls = ";  ".join(f"{method} {_ms(p50)} / {_ms(p99)}" for method, (p50, p99) in result.rpcs.items())
+    calls = ";  ".join(f"{method} {ms(p50)} / {ms(p99)}" for method, (p50, p99) in result.rpcs.items())
     print(f"      per call p50 / p99: {calls}")
     print(f"      {result.cpu.line()}", flush=True)
 
@@ -553,7 +499,7 @@ def print_medians(runs: list[Run], chosen: list[tuple[Scenario, int]]) -> None:
             targets.append(f"p99 <= {TARGET_P99_S * 1000:.0f} ms: {_verdict(p99 <= TARGET_P99_S)}")
         print(
             f"  {scenario.name:11} {clients:7} {ops:9,.0f} {scenario.unit:11}"
-            f" {_ms(statistics.median(r.p50 for r in results))} {_ms(p99)}"
+            f" {ms(statistics.median(r.p50 for r in results))} {ms(p99)}"
             f" {sum(sum(r.errors.values()) for r in results):6}"
             f" {statistics.median(r.floor for r in results):10,.0f} {ratio:6.2f}  {'; '.join(targets) or '-'}"
         )

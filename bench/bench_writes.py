@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import multiprocessing
 import os
-import socket
 import statistics
 import tempfile
 import time
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -50,6 +47,16 @@ import grpc
 from google.protobuf import struct_pb2
 
 from bench.floors import grpc_echo_floor
+from bench.measure import (
+    cluster_pids,
+    cpu_seconds,
+    floor_and_others,
+    free_ports,
+    machine_busy_seconds,
+    ms,
+    percentiles,
+    receive,
+)
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2
 from server.cluster import LocalCluster
 from server.config import APPENDFSYNC_MODES
@@ -65,7 +72,6 @@ LEADER_TIMEOUT_S = 30.0
 # After a failed Put a client pauses, so that a node refusing everything at once
 # (no leader yet, overloaded) is not hammered by a loop that burns the CPU it shares.
 ERROR_PAUSE_S = 0.01
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 MACHINE = "machine"
 # What the machine spent beyond the cluster and the load generator: other people's work on
 # a shared machine, the kernel's, and this benchmark's own bookkeeping.
@@ -169,18 +175,6 @@ def _loadgen_process(conn: Connection, addresses: list[str], clients: int, warmu
         conn.close()
 
 
-async def _receive(conn: Connection, timeout: float) -> object:
-    try:
-        if not await asyncio.to_thread(conn.poll, timeout):
-            raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
-        item = conn.recv()
-    except EOFError:
-        raise RuntimeError("the load generator process died without a word") from None
-    if isinstance(item, Exception):
-        raise item
-    return item
-
-
 # Runs the load generator somewhere; calls mark(phase, pid of the load generator's process).
 LoadRunner = Callable[[list[str], int, float, float, Callable[[str, int], None]], Awaitable[Load]]
 
@@ -205,11 +199,11 @@ async def run_load_in_process(
     try:
         # Start-up (interpreter, imports, connecting) plus the warm-up, then the window.
         for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
-            got = await _receive(ours, timeout)
+            got = await receive(ours, timeout)
             if got != phase:
                 raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
             mark(phase, proc.pid)
-        load = await _receive(ours, CALL_TIMEOUT_S + 10)
+        load = await receive(ours, CALL_TIMEOUT_S + 10)
         assert isinstance(load, Load)
         return load
     finally:
@@ -223,60 +217,8 @@ async def run_load_in_process(
 # ---------------------------------------------------------------- the cluster side
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; held together so they are distinct."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process (fields 14 and 15 of /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle, over all CPUs (first line of /proc/stat)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
-
-
-async def floor_and_others(clients: int, seconds: float) -> tuple[float, float]:
-    """The echo floor's requests/s, and the cores other processes used meanwhile."""
-    busy, own, began = machine_busy_seconds(), time.process_time(), time.perf_counter()
-    floor = await grpc_echo_floor(clients=clients, seconds=seconds)
-    elapsed = time.perf_counter() - began
-    others = machine_busy_seconds() - busy - (time.process_time() - own)
-    return floor, max(others, 0.0) / elapsed
-
-
-def cluster_pids(cluster: LocalCluster, leader: str) -> dict[str, int]:
-    """Label -> pid of every node and of its redis-server; the leader's label says so."""
-    pids: dict[str, int] = {}
-    for node in cluster:
-        assert node.process is not None
-        role = "leader" if node.name == leader else "follower"
-        pids[f"{node.name} ({role})"] = node.process.pid
-        pids[f"{node.name} redis"] = int((node.data_dir / "redis" / "redis-server.pid").read_text())
-    return pids
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    """(p50, p99) in seconds; NaN without enough samples."""
-    if len(samples) < 2:
-        return math.nan, math.nan
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return cuts[49], cuts[98]
-
-
 async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
-    floor, floor_others = await floor_and_others(args.clients, args.seconds)
+    floor, floor_others = await floor_and_others(grpc_echo_floor, args.clients, args.seconds)
     with tempfile.TemporaryDirectory(dir=root, prefix=f"bench-writes-{mode}-") as data_dir:
         ports = free_ports(3 * NODES)
         cluster = LocalCluster(
@@ -332,20 +274,16 @@ async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
 # ---------------------------------------------------------------- reporting
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:6.1f} ms"
-
-
 def print_run(n: int, runs: int, result: RunResult) -> None:
     errors = sum(result.errors.values())
     detail = f" ({', '.join(f'{k} {v}' for k, v in result.errors.most_common())})" if errors else ""
     print(
-        f"  run {n}/{runs}: {result.writes_per_s:8,.0f} writes/s  p50 {_ms(result.p50)}  p99 {_ms(result.p99)}"
+        f"  run {n}/{runs}: {result.writes_per_s:8,.0f} writes/s  p50 {ms(result.p50)}  p99 {ms(result.p99)}"
         f"  errors {errors}{detail}  floor {result.floor:8,.0f} req/s  ratio {result.ratio:5.2f}"
     )
     print(
-        f"    via leader p50/p99 {_ms(result.via_leader[0])} / {_ms(result.via_leader[1])};"
-        f"  via followers {_ms(result.via_followers[0])} / {_ms(result.via_followers[1])}"
+        f"    via leader p50/p99 {ms(result.via_leader[0])} / {ms(result.via_leader[1])};"
+        f"  via followers {ms(result.via_followers[0])} / {ms(result.via_followers[1])}"
     )
     used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
     print(f"    CPU, cores: {used}  (total {sum(result.cpu.values()):.2f} of {os.cpu_count()})")
@@ -359,7 +297,7 @@ def print_median(mode: str, results: list[RunResult]) -> None:
     p99 = statistics.median(r.p99 for r in results)
     print(
         f"appendfsync={mode} median of {len(results)}: {writes:,.0f} writes/s"
-        f"  p50 {_ms(statistics.median(r.p50 for r in results))}  p99 {_ms(p99)}"
+        f"  p50 {ms(statistics.median(r.p50 for r in results))}  p99 {ms(p99)}"
         f"  floor {statistics.median(r.floor for r in results):,.0f} req/s  ratio {ratio:.2f}"
         f"  errors {sum(sum(r.errors.values()) for r in results)}"
         f"  disturbed runs {sum(r.disturbed for r in results)}"

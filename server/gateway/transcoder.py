@@ -52,26 +52,16 @@ class InProcessContext:
     poll) read it through `time_remaining` to answer in time, as over gRPC.
     """
 
-    def __init__(self, peer: str, deadline: float | None = None) -> None:
-        self._peer = peer
+    def __init__(self, deadline: float | None = None) -> None:
         self._deadline = deadline
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: object = ()) -> None:
         raise Aborted(code, details)
 
-    def peer(self) -> str:
-        return self._peer
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
     def time_remaining(self) -> float | None:
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
-
-    def cancelled(self) -> bool:
-        return False
 
 
 Method = Callable[[ProtoMessage, Any], Awaitable[ProtoMessage]]
@@ -178,7 +168,7 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {exc}")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        context = InProcessContext(f"http:{http.remote}", deadline)
+        context = InProcessContext(deadline)
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 reply = await route.method(message, context)

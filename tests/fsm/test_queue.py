@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from dsync.fsm.v1 import command_pb2, queue_pb2
 from dsync.v1 import queue_pb2 as api
