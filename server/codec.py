@@ -147,10 +147,11 @@ def _dec_append_entries_result(t: MsgType, src: str, dst: str, term: int, b: pb.
 def _enc_heartbeat(m: Message, b: pb.Heartbeat) -> None:
     b.leader_commit = m.commit
     b.context = m.context
+    b.commit_only = m.commit_only
 
 
 def _dec_heartbeat(t: MsgType, src: str, dst: str, term: int, b: pb.Heartbeat) -> Message:
-    return Message(t, src, dst, term, commit=b.leader_commit, context=b.context)
+    return Message(t, src, dst, term, commit=b.leader_commit, context=b.context, commit_only=b.commit_only)
 
 
 def _enc_context(m: Message, b: pb.HeartbeatResult | pb.ReadIndex) -> None:

@@ -462,7 +462,8 @@ class RaftCore:
         elif t is MsgType.HEARTBEAT:
             self._heard_from_leader(m.src)
             self.log.commit_to(min(m.commit, self.log.last_index))
-            self._send(MsgType.HEARTBEAT_RESP, m.src, context=m.context)
+            if not m.commit_only:
+                self._send(MsgType.HEARTBEAT_RESP, m.src, context=m.context)
         elif t is MsgType.SNAPSHOT:
             self._heard_from_leader(m.src)
             self._handle_snapshot(m)
@@ -620,10 +621,10 @@ class RaftCore:
             pr.probe_sent = True
         return False
 
-    def _send_heartbeat(self, peer: NodeId, pr: Progress, context: bytes) -> None:
+    def _send_heartbeat(self, peer: NodeId, pr: Progress, context: bytes, commit_only: bool = False) -> None:
         # Never tell a follower to commit past what it is known to hold.
         commit = min(pr.match, self.log.committed)
-        self._send(MsgType.HEARTBEAT, peer, commit=commit, context=context)
+        self._send(MsgType.HEARTBEAT, peer, commit=commit, context=context, commit_only=commit_only)
         pr.sent_commit = max(pr.sent_commit, commit)
 
     def _commit_lagging(self) -> bool:
@@ -635,7 +636,9 @@ class RaftCore:
         committed = self.log.committed
         for peer, pr in self.progress.items():
             if min(pr.match, committed) > pr.sent_commit:
-                self._send_heartbeat(peer, pr, b"")
+                # Unanswered: one write per commit instead of two, and the follower's
+                # answer would tell nothing its latest append response did not.
+                self._send_heartbeat(peer, pr, b"", commit_only=True)
 
     # ------------------------------------------------------------------ reads
 

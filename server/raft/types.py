@@ -106,6 +106,9 @@ class Message:
     force: bool = False
     # TRANSFER_LEADER: the node that should become leader.
     target: NodeId = ""
+    # HEARTBEAT that only tells a new commit index: left unanswered, since the append
+    # responses and the periodic heartbeats already keep the leader's view current.
+    commit_only: bool = False
 
 
 class FailReason(enum.IntEnum):

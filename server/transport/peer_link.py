@@ -201,6 +201,10 @@ class PeerLink:
                 if call.done():
                     return
                 await self._wake.wait()
+                # One more turn of the loop lets the rest of this burst (an append's
+                # response, forwarded proposals, a commit notice) join the same write:
+                # under load a write costs far more than the turn it waits.
+                await asyncio.sleep(0)
         finally:
             call.cancel()
 

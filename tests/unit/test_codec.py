@@ -28,7 +28,7 @@ CARRIED: dict[MsgType, frozenset[str]] = {
     MsgType.VOTE_RESP: frozenset({"reject"}),
     MsgType.APPEND: frozenset({"index", "log_term", "entries", "commit"}),
     MsgType.APPEND_RESP: frozenset({"reject", "index", "conflict_index", "conflict_term"}),
-    MsgType.HEARTBEAT: frozenset({"commit", "context"}),
+    MsgType.HEARTBEAT: frozenset({"commit", "context", "commit_only"}),
     MsgType.HEARTBEAT_RESP: frozenset({"context"}),
     MsgType.SNAPSHOT: frozenset({"snapshot"}),
     MsgType.TIMEOUT_NOW: frozenset(),
@@ -68,6 +68,7 @@ def messages(msg_type: MsgType) -> st.SearchStrategy[Message]:
         snapshot=snapshots,
         force=st.booleans(),
         target=node_ids,
+        commit_only=st.booleans(),
     )
 
 

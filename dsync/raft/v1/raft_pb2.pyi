@@ -386,18 +386,24 @@ class Heartbeat(_message.Message):
 
     LEADER_COMMIT_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    COMMIT_ONLY_FIELD_NUMBER: _builtins.int
     leader_commit: _builtins.int
     context: _builtins.bytes
     """The ReadIndex round this heartbeat confirms, if any."""
+    commit_only: _builtins.bool
+    """Only a commit notice: the follower does not answer it.  Periodic heartbeats,
+    which keep the leader's view of its followers fresh, always set this false.
+    """
     def __init__(
         self,
         *,
         leader_commit: _builtins.int = ...,
         context: _builtins.bytes = ...,
+        commit_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "leader_commit", b"leader_commit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_only", b"commit_only", "context", b"context", "leader_commit", b"leader_commit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
