@@ -134,7 +134,14 @@ class Node:
         raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks)
         core = await open_core(raft_config, self._storage, random.Random())
         self._transport = GrpcTransport(cfg.node_id, cfg.peers)
-        self.replica = Replica(core, self._storage, self._transport, self.machine, tick_interval=cfg.tick_ms / 1000)
+        self.replica = Replica(
+            core,
+            self._storage,
+            self._transport,
+            self.machine,
+            tick_interval=cfg.tick_ms / 1000,
+            snapshot_entries=cfg.snapshot_entries,
+        )
 
         server = grpc.aio.server(options=wire.SERVER_OPTIONS, interceptors=[StatsInterceptor(self.grpc_requests)])
         self._peer_service = RaftPeerServicer(self.replica.inbox, cfg.node_id)

@@ -91,6 +91,21 @@ class RaftCollector(Collector):
             "Log entries applied to the state machines.",
             value=stats.entries_applied,
         )
+        yield CounterMetricFamily(
+            "dsync_raft_snapshots_total",
+            "State-machine snapshots this node took, each followed by compacting its log.",
+            value=stats.snapshots,
+        )
+        yield CounterMetricFamily(
+            "dsync_raft_snapshot_seconds",
+            "Time spent taking and saving snapshots and compacting the log (the event loop waits for the first).",
+            value=stats.snapshot_seconds,
+        )
+        yield CounterMetricFamily(
+            "dsync_raft_snapshots_installed_total",
+            "Snapshots received from a leader because this node was too far behind for its log.",
+            value=stats.snapshots_installed,
+        )
         yield histogram_family(
             "dsync_raft_append_seconds",
             "Time to append one batch of entries to this node's log durably (one Redis MULTI/EXEC).",

@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
-from server.raft import Config, RaftCore, Rng
+from server.raft import Config, Entry, HardState, RaftCore, Rng, Snapshot
 from server.storage.protocols import RaftStorage
 
 
 class MissingSnapshotError(RuntimeError):
-    """The stored log starts after a snapshot whose state this node cannot load."""
+    """The stored log starts after a snapshot point, but no snapshot that far is stored."""
 
 
 async def open_core(config: Config, storage: RaftStorage, rng: Rng) -> RaftCore:
     """The core as it was when the node last persisted a Ready.
 
-    The state machine starts empty: the first Ready hands it every committed entry
-    again, from index 1.  That needs the whole log, so a log that begins after a
-    snapshot point is refused here -- this is where a snapshot store (a later issue)
-    will supply the snapshot to restore the state machine from and hand to the core.
+    When a snapshot is stored, the core starts from it (the Replica restores its state
+    machine from `core.log.snapshot`) and the log entries it covers are skipped: a crash
+    between saving a snapshot and compacting the log leaves both.  The commit index is
+    at least the snapshot's: a snapshot holds only committed entries, and a saved hard
+    state may predate it (the driver does not save commit-only moves).
     """
     hard_state = await storage.load_hard_state()
-    meta, entries = await storage.load()
-    if meta.index:
-        raise MissingSnapshotError(
-            f"node {config.node_id}: its stored log starts after a snapshot at index {meta.index} "
-            f"(term {meta.term}), and this version cannot restore state-machine snapshots: run it with "
-            "the dsync version that wrote this data"
-        )
-    return RaftCore(config, rng, hard_state, None, entries)
+    start, entries = await storage.load()
+    snapshot = await storage.load_snapshot()
+    if snapshot is None or snapshot.meta.index < start.index:
+        have = "none" if snapshot is None else f"one at index {snapshot.meta.index}"
+        if start.index:
+            raise MissingSnapshotError(
+                f"node {config.node_id}: its stored log starts after index {start.index} (term {start.term}), "
+                f"but the snapshot store holds {have}: the data was written by another dsync version or "
+                "damaged; wipe this node's data and let it catch up from the leader"
+            )
+        snapshot = None
+    if snapshot is not None:
+        entries = _after(snapshot, entries)
+        last = snapshot.meta.index + len(entries)
+        commit = min(max(hard_state.commit, snapshot.meta.index), last)
+        hard_state = HardState(hard_state.term, hard_state.vote, commit)
+    return RaftCore(config, rng, hard_state, snapshot, entries)
+
+
+def _after(snapshot: Snapshot, entries: list[Entry]) -> list[Entry]:
+    """The stored entries that follow `snapshot`: none unless the log holds its last entry.
+
+    Raft §7: entries after a snapshot survive only if the entry at its index matches it,
+    otherwise they belong to another history (the rule the log store's compact applies).
+    Called only with a log that starts at or before the snapshot's index.
+    """
+    meta = snapshot.meta
+    first = entries[0].index if entries else meta.index + 1
+    at = meta.index - first  # the snapshot's last entry in `entries`; -1: just before them
+    if at >= len(entries) or (at >= 0 and entries[at].term != meta.term):
+        return []
+    return entries[at + 1 :]

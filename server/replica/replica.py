@@ -12,6 +12,13 @@ Results travel by request id rather than by log index: each proposal's entry car
 its id (see `envelope`), and applying an entry completes the local waiter with that id,
 if any.  The core's proposal outcomes are needed only for failures.
 
+The log is bounded: once `snapshot_entries` entries are applied past the latest
+snapshot, the replica snapshots its state machine, saves the snapshot, and compacts
+the log (in storage and in the core) up to it; a restart restores that snapshot and
+replays only the log after it.  A follower whose next entry the leader no longer has
+is sent the snapshot instead; one that keeps up is sent entries ahead of the leader's
+applied index, so compaction passes it by.
+
 The replica is fail-stop: if storage, transport or state machine raises, the loop ends,
 every waiter fails with `Stopped`, and `join()` re-raises the fault.  Restarting means
 building a new core from storage (`open_core`) and a new Replica around it.
@@ -25,7 +32,19 @@ import time
 from collections.abc import Callable
 
 from server.fsm.protocols import StateMachine
-from server.raft import Entry, EntryKind, HardState, Message, MsgType, NodeId, ProposalOutcome, RaftCore, Ready, ReadState, Role
+from server.raft import (
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MsgType,
+    NodeId,
+    ProposalOutcome,
+    RaftCore,
+    Ready,
+    ReadState,
+    Role,
+)
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
 
@@ -57,9 +76,9 @@ BATCH_WAIT = 0.001
 class Replica:
     """One node's replica of the log and of the state machine it drives.
 
-    `fsm` must hold the state at the core's snapshot point: empty for a core whose log
-    starts at index 1, as `open_core` builds it.  Storage and transport belong to the
-    caller, who closes them after `stop()`.  Call every method from the event loop's
+    `fsm` must be empty: when the core starts after a snapshot (as `open_core` builds
+    it from storage), the replica restores `fsm` from that snapshot.  Storage and
+    transport belong to the caller, who closes them after `stop()`.  Call every method from the event loop's
     thread; nothing here is thread-safe.
 
     tick_interval: seconds per Raft tick (the core's timeouts are counted in ticks).
@@ -68,6 +87,10 @@ class Replica:
     max_apply_lag: committed-but-unapplied entries beyond which proposals get
         `Overloaded`: their results would wait behind the whole backlog.
     propose_timeout: the longest a proposal or read barrier waits for its answer.
+    snapshot_entries: entries applied past the latest snapshot before the next one is
+        taken and the log compacted: bounds the log's memory and storage, and what a
+        restart replays, at the cost of serialising the state machine (on the event
+        loop) that often.
     """
 
     def __init__(
@@ -81,11 +104,12 @@ class Replica:
         max_pending: int = 10_000,
         max_apply_lag: int = 8192,
         propose_timeout: float = 5.0,
+        snapshot_entries: int = 100_000,
     ) -> None:
         if tick_interval <= 0 or propose_timeout <= 0:
             raise ValueError("tick_interval and propose_timeout must be positive seconds")
-        if max_pending < 1 or max_apply_lag < 1:
-            raise ValueError("max_pending and max_apply_lag must be at least 1")
+        if max_pending < 1 or max_apply_lag < 1 or snapshot_entries < 1:
+            raise ValueError("max_pending, max_apply_lag and snapshot_entries must be at least 1")
         self._core = core
         self._storage = storage
         self._transport = transport
@@ -94,7 +118,11 @@ class Replica:
         self._max_pending = max_pending
         self._max_apply_lag = max_apply_lag
         self._propose_timeout = propose_timeout
+        self._snapshot_entries = snapshot_entries
         self.stats = ReplicaStats()
+        start = core.log.snapshot
+        if start.meta.index and core.log.applied == start.meta.index:
+            fsm.restore(start.data)
         # Invariant: _applied <= the core's commit index; the state machine holds exactly
         # the entries up to _applied.
         self._applied = core.log.applied
@@ -351,6 +379,8 @@ class Replica:
                     await asyncio.sleep(BATCH_WAIT)
                     self._step_inputs()
                 await self._carry_out(core.ready())
+                if self._applied - core.log.snapshot.meta.index >= self._snapshot_entries:
+                    await self._compact()
                 # Let inputs in before the next Ready, even when storage answered without
                 # suspending (the in-memory twin does): it batches them and starves no one.
                 await asyncio.sleep(0)
@@ -416,8 +446,11 @@ class Replica:
         if rd.soft_state is not None:
             stats.saw_leader(rd.soft_state.leader)
         if rd.snapshot is not None:
-            # The log's new start point goes first: the entries saved next begin after it.
+            # The snapshot, then the log's new start point, go first: the entries saved
+            # next begin after it, and a restart must find the state it starts from.
+            await self._storage.save_snapshot(rd.snapshot)
             await self._storage.compact(rd.snapshot.meta)
+            stats.snapshots_installed += 1
         hard_state = rd.hard_state
         if hard_state is not None and not rd.entries and self._only_commit_moved(hard_state):
             # The commit index is volatile in Raft (thesis §3.8): a restarted node learns it
@@ -449,6 +482,21 @@ class Replica:
         self._answer(rd.read_states)
         self._core.advance(rd)
         self._pulse()
+
+    async def _compact(self) -> None:
+        """Snapshot the state machine at the applied index and compact the log up to it."""
+        core = self._core
+        index = self._applied
+        began = time.perf_counter()
+        core.compact(index, self._fsm.snapshot())
+        snapshot = core.log.snapshot
+        await self._storage.save_snapshot(snapshot)
+        await self._storage.compact(snapshot.meta)
+        self.stats.snapshots += 1
+        self.stats.snapshot_seconds += time.perf_counter() - began
+        logger.info(
+            "replica %s: snapshot at index %d (%d bytes), log compacted", self.id, index, len(snapshot.data)
+        )
 
     def _only_commit_moved(self, hard_state: HardState) -> bool:
         saved = self._saved_hard

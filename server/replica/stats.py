@@ -55,6 +55,9 @@ class ReplicaStats:
     commit_seconds: float = 0.0  # propose() -> result, summed over committed proposals
     proposals_failed: Counter[str] = field(default_factory=Counter)  # by error class name
     reads_served: int = 0
+    snapshots: int = 0  # snapshots this replica took and compacted its log to
+    snapshot_seconds: float = 0.0  # taking, saving and compacting them
+    snapshots_installed: int = 0  # snapshots received from a leader
     reads_failed: Counter[str] = field(default_factory=Counter)  # by error class name
     ticks: int = 0
     ticks_skipped: int = 0  # ticks dropped because the loop fell more than a tick behind

@@ -42,6 +42,11 @@ class NodeKeys:
         return self.prefix + "log_start"
 
     @property
+    def snapshot(self) -> str:
+        """Hash: index, term, voters (JSON) and data of the newest state-machine snapshot."""
+        return self.prefix + "snapshot"
+
+    @property
     def pattern(self) -> str:
         """SCAN MATCH pattern for every key of this node."""
         return self.prefix + "*"

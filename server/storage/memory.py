@@ -5,7 +5,7 @@ A "restarted" node reuses the same object, exactly as a real node reuses its Red
 
 from __future__ import annotations
 
-from server.raft.types import Entry, HardState, SnapshotMeta
+from server.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 
 from .log_bounds import check_range, compaction_drop, entries_to_store
 
@@ -15,6 +15,7 @@ class MemoryRaftStorage:
         self._hard = HardState()
         self._start = SnapshotMeta()
         self._log: list[Entry] = []  # _log[i].index == _start.index + 1 + i
+        self._snapshot: Snapshot | None = None
 
     async def load_hard_state(self) -> HardState:
         return self._hard
@@ -56,6 +57,12 @@ class MemoryRaftStorage:
         drop = compaction_drop(meta, self._start, len(self._log), term_at_meta)
         del self._log[:drop]
         self._start = meta
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    async def load_snapshot(self) -> Snapshot | None:
+        return self._snapshot
 
     async def close(self) -> None:
         """Nothing to release; the data outlives the handle, as Redis data would."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from server.raft.types import Entry, HardState, SnapshotMeta
+from server.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 
 
 class StableStore(Protocol):
@@ -59,7 +59,25 @@ class LogStore(Protocol):
         ...
 
 
-class RaftStorage(LogStore, StableStore, Protocol):
+class SnapshotStore(Protocol):
+    """The newest state-machine snapshot: what a restarted node restores before replaying the log.
+
+    A snapshot is saved before the log is compacted up to it, never after, so a crash
+    between the two leaves a snapshot newer than the log's start point (the entries it
+    covers are skipped at boot), never a log that starts after every stored snapshot.
+    """
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the stored snapshot by `snapshot`, atomically.  The driver saves them in
+        increasing index order: it compacts only forwards."""
+        ...
+
+    async def load_snapshot(self) -> Snapshot | None:
+        """The stored snapshot, or None if this node never saved one."""
+        ...
+
+
+class RaftStorage(LogStore, StableStore, SnapshotStore, Protocol):
     """What the driver holds for one node."""
 
     async def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:

@@ -22,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from server.codec import decode_entry, encode_entry
-from server.raft.types import Entry, HardState, SnapshotMeta
+from server.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 
 from .errors import CorruptLogError
 from .keys import NodeKeys
@@ -160,6 +160,18 @@ class RedisRaftStorage:
         pipe.hset(self._keys.log_start, mapping=_log_start_fields(meta))
         await self._execute(pipe)
         self._start, self._length = meta, length - drop
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(self._keys.snapshot)
+        pipe.hset(self._keys.snapshot, mapping={**_log_start_fields(snapshot.meta), "data": snapshot.data})
+        await pipe.execute()
+
+    async def load_snapshot(self) -> Snapshot | None:
+        fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.snapshot))
+        if not fields:
+            return None
+        return Snapshot(_log_start(fields), fields[b"data"])
 
     async def close(self) -> None:
         if self._owns_client:

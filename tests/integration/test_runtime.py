@@ -77,6 +77,38 @@ async def test_a_killed_node_restarted_on_its_data_dir_catches_up(cluster: Local
     assert await kv.get(follower, "while-down24", linearizable=False) == b"2"
 
 
+async def test_nodes_compact_their_logs_and_a_node_far_behind_restarts_from_a_snapshot(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, SNAPSHOT_ENTRIES="100")
+    await cluster.start()
+    kv = Kv(cluster)
+    try:
+        leader = await cluster.wait_for_leader(timeout=30)
+        follower = next(n.name for n in cluster if n.name != leader)
+        await kv.put(leader, "early", b"1")
+        await cluster.kill(follower)
+        last = 0
+        for i in range(250):
+            last = await kv.put(leader, f"while-down{i}", b"2")
+        await cluster.start(follower)
+        await _applied_everywhere(cluster, last, timeout=30)
+        states = await cluster.states()
+        for name, state in states.items():
+            assert state is not None
+            first = state["replica"]["first_index"]  # type: ignore[index]
+            assert first > 100, f"{name} did not compact its log: it starts at {first}"
+        assert await kv.get(follower, "early", linearizable=False) == b"1"
+        assert await kv.get(follower, "while-down249", linearizable=False) == b"2"
+        # Restarted once more, the follower restores its own snapshot and replays the rest.
+        await cluster.kill(follower)
+        await cluster.start(follower)
+        last = await kv.put(leader, "after", b"3")
+        await _applied_everywhere(cluster, last, timeout=30)
+        assert await kv.get(follower, "while-down0", linearizable=False) == b"2"
+    finally:
+        await kv.close()
+        await cluster.stop()
+
+
 async def test_a_restarted_node_keeps_its_term_and_vote(cluster: LocalCluster) -> None:
     leader = await cluster.wait_for_leader(timeout=10)
     follower = next(n.name for n in cluster if n.name != leader)

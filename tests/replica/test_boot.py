@@ -1,4 +1,4 @@
-"""Rebuilding a core from storage, and the snapshot path that storage cannot yet rebuild from."""
+"""Rebuilding a core from storage: its log, its snapshot, and the log compaction that makes one."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from tests.replica.kv_machine import encode_put
-from server.raft import Config, Entry, HardState, SnapshotMeta
-from server.replica import MissingSnapshotError, open_core
+from tests.replica.kv_machine import KvStateMachine, encode_put
+from server.raft import Config, Entry, HardState, Snapshot, SnapshotMeta
+from server.replica import MissingSnapshotError, Replica, open_core
+from server.transport.memory import MemoryNetwork
 from server.storage.memory import MemoryRaftStorage
 
 from .cluster import eventually, make_cluster, memory_storage
@@ -23,30 +24,92 @@ async def test_a_core_reopens_with_the_term_vote_commit_and_log_it_saved() -> No
     assert (status["first_index"], status["last_index"]) == (1, 3)
 
 
-async def test_a_log_that_starts_after_a_snapshot_is_refused_with_what_to_do() -> None:
+async def test_a_log_that_starts_after_every_stored_snapshot_is_refused_with_what_to_do() -> None:
     storage = MemoryRaftStorage()
     await storage.save(HardState(term=2, commit=5), [Entry(2, i) for i in range(1, 6)])
     await storage.compact(SnapshotMeta(index=3, term=2))
-    with pytest.raises(MissingSnapshotError, match="snapshot at index 3.*run it with"):
+    with pytest.raises(MissingSnapshotError, match="starts after index 3.*holds none.*wipe this node's data"):
         await open_core(Config("n1", ("n1",)), storage, random.Random(1))
 
 
-async def test_a_lagging_follower_installs_the_leaders_snapshot() -> None:
+def _kv_snapshot(*keys: str) -> bytes:
+    fsm = KvStateMachine()
+    for n, key in enumerate(keys, start=1):
+        fsm.apply(n, encode_put(key, b"v"))
+    return fsm.snapshot()
+
+
+@pytest.mark.parametrize("compacted", [True, False], ids=["compacted", "crashed-before-compacting"])
+async def test_a_core_starts_from_its_snapshot_and_replays_only_the_log_after_it(compacted: bool) -> None:
+    storage = MemoryRaftStorage()
+    # The saved commit (1) predates the snapshot: commit-only moves are not saved.
+    await storage.save(HardState(term=2, commit=1), [Entry(2, i, encode_put(f"k{i}", b"v")) for i in range(1, 6)])
+    await storage.save_snapshot(Snapshot(SnapshotMeta(3, 2, ("n1",)), _kv_snapshot("k1", "k2", "k3")))
+    if compacted:
+        await storage.compact(SnapshotMeta(3, 2, ("n1",)))
+    core = await open_core(Config("n1", ("n1",)), storage, random.Random(1))
+    status = core.status()
+    assert (status["first_index"], status["last_index"], status["commit"], status["applied"]) == (4, 5, 3, 3)
+    fsm = KvStateMachine()
+    replica = Replica(core, storage, MemoryNetwork(1).transport("n1"), fsm)
+    assert fsm.get("k3") is not None and fsm.get("k4") is None  # restored, nothing replayed yet
+    await replica.start()
+    try:
+        await replica.wait_for(lambda: replica.applied_index >= 5, timeout=5)
+        assert [fsm.get(f"k{i}") is not None for i in range(1, 6)] == [True] * 5
+    finally:
+        await replica.stop()
+
+
+async def test_entries_after_a_snapshot_that_contradicts_them_are_dropped_at_boot() -> None:
+    storage = MemoryRaftStorage()
+    await storage.save(HardState(term=3, commit=1), [Entry(1, 1), Entry(1, 2), Entry(1, 3), Entry(1, 4)])
+    # Installed from a leader of term 3 whose entry 3 differs; the crash came before compacting.
+    await storage.save_snapshot(Snapshot(SnapshotMeta(3, 3, ("n1", "n2", "n3")), _kv_snapshot()))
+    core = await open_core(Config("n1", ("n1", "n2", "n3")), storage, random.Random(1))
+    assert (core.log.first_index, core.log.last_index, core.log.committed) == (4, 3, 3)
+
+
+async def test_a_lagging_follower_installs_the_leaders_snapshot_and_restarts_from_it() -> None:
     stores = memory_storage()
-    async with make_cluster(storage=stores) as cluster:
+    async with make_cluster(storage=stores, snapshot_entries=8) as cluster:
         leader = await cluster.leader()
         lagging, third = cluster.others(leader.id)
         cluster.partition([leader.id, third.id], [lagging.id])
         for i in range(20):
             await leader.propose(encode_put(f"k{i}", b"v"))
-        # Nothing in the runtime compacts yet (snapshots are not stored): the test reaches
-        # into the leader's core, between two Readies, to make it ship a snapshot.
-        leader._core.compact(leader.applied_index, cluster.fsm(leader.id).snapshot())
+        assert leader.stats.snapshots >= 2
+        assert (await stores(leader.id).load_snapshot()) == leader._core.log.snapshot
         cluster.heal()
         await eventually(lambda: lagging.applied_index == leader.commit_index, "the follower caught up")
+        assert lagging.stats.snapshots_installed >= 1
         assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
         start, _ = await stores(lagging.id).load()
         assert start.index > 0  # its log now starts after the snapshot
         await cluster.crash(lagging.id)
-        with pytest.raises(MissingSnapshotError):
-            await cluster.start(lagging.id)
+        restarted = await cluster.start(lagging.id)
+        assert restarted.applied_index >= start.index  # restored, not replayed from index 1
+        await eventually(lambda: restarted.applied_index == leader.commit_index, "the restarted follower caught up")
+        assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
+
+
+async def test_every_replica_bounds_its_log_and_a_restart_restores_the_same_state() -> None:
+    stores = memory_storage()
+    async with make_cluster(storage=stores, snapshot_entries=10) as cluster:
+        leader = await cluster.leader()
+        for i in range(45):
+            await leader.propose(encode_put(f"k{i % 7}", str(i).encode()))
+        await cluster.converged()
+        for replica in cluster.running():
+            first = await stores(replica.id).first_index()
+            assert first > replica.applied_index - 2 * 10, f"{replica.id} kept its log from {first}"
+            assert replica._core.log.first_index == first
+        before = {nid: cluster.fsm(nid).snapshot() for nid in cluster.ids}
+        assert len(set(before.values())) == 1
+        for nid in cluster.ids:
+            await cluster.crash(nid)
+        for nid in cluster.ids:
+            await cluster.start(nid)
+        await cluster.leader()
+        await cluster.converged()
+        assert {nid: cluster.fsm(nid).snapshot() for nid in cluster.ids} == before

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from server.raft.types import Entry, EntryKind, HardState, SnapshotMeta
+from server.raft.types import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from server.storage.errors import CompactedError, UnavailableError
 
 from .conftest import Stores
@@ -21,6 +21,19 @@ async def test_a_fresh_node_starts_empty(stores: Stores) -> None:
     assert await store.load_hard_state() == HardState()
     assert (await store.first_index(), await store.last_index()) == (1, 0)
     assert await store.entries(1, 1) == []
+
+
+async def test_the_newest_snapshot_survives_a_reopen_and_replaces_the_one_before(stores: Stores) -> None:
+    store = stores.open()
+    assert await store.load_snapshot() is None
+    await store.save_snapshot(Snapshot(SnapshotMeta(4, 2, ("n1", "n2", "n3")), b"state at 4"))
+    newer = Snapshot(SnapshotMeta(9, 3, ("n1", "n2")), bytes(range(256)) * 64)
+    await store.save_snapshot(newer)
+    await store.close()
+    again = stores.open()
+    assert await again.load_snapshot() == newer
+    assert await again.load() == (SnapshotMeta(), [])  # the log is compacted separately
+    assert await stores.open("n2").load_snapshot() is None  # per node
 
 
 async def test_appended_entries_load_back_unchanged(stores: Stores) -> None:
