@@ -218,7 +218,7 @@ class RaftCore:
             or self._read_states
             or self._forward
             or self._broadcast_due
-            or self._read_only.batch
+            or self._reads_startable()
             or log.pending_snapshot
             or log.stable < log.last_index
             or log.applied < log.committed
@@ -651,8 +651,16 @@ class RaftCore:
         else:
             self._read_only.batch.append(req)
 
+    def _reads_startable(self) -> bool:
+        """Reads wait for a round, and only one round is out at a time: those arriving while
+        it is out share the next one, so a steady stream of reads costs one heartbeat round
+        per round trip, not one per Ready.  A lost round is retried by the next periodic
+        heartbeat, which carries the newest unconfirmed round."""
+        read_only = self._read_only
+        return bool(read_only.batch) and not read_only.newest_round()
+
     def _flush_reads(self) -> None:
-        if not self._read_only.batch:
+        if not self._reads_startable():
             return
         round_ = self._read_only.start_round(self.log.committed, self.id)
         if self.quorum == 1:

@@ -1,6 +1,7 @@
 """ReadIndex bookkeeping on the leader (thesis §6.4).
 
-Reads that arrive together share one heartbeat round: the leader records its commit
+Reads that arrive together share one heartbeat round (and the core keeps one round out
+at a time, so reads arriving meanwhile share the next): the leader records its commit
 index, broadcasts heartbeats tagged with the round number, and once a majority has
 answered a round, that round and every earlier one are safe to serve.  An answer to
 a later round also confirms earlier ones, since it proves leadership after they began.

@@ -135,6 +135,7 @@ class Replica:
         self._inbox: list[Message] = []
         self._new_proposals: list[Proposal] = []
         self._new_reads: list[bytes] = []
+        self._read_batches: dict[bytes, list[bytes]] = {}  # a barrier's context -> the reads sharing it
         self._transfers: list[NodeId] = []
         self._stepped_proposals = 0  # how many proposals the last turn took in
         self._wake = asyncio.Event()
@@ -412,9 +413,13 @@ class Replica:
                 if not proposal.future.done():  # else its caller gave up before we got to it
                     self._proposals.taken(proposal, core.propose(proposal.data))
         if self._new_reads:
+            # One barrier for every read that arrived since the last turn: each began
+            # before it is asked for, so its answer is a linearizable point for them all.
             contexts, self._new_reads = self._new_reads, []
-            for context in contexts:
-                core.read_index(context)
+            head = contexts[0]
+            if len(contexts) > 1:
+                self._read_batches[head] = contexts[1:]
+            core.read_index(head)
         if self._transfers:
             targets, self._transfers = self._transfers, []
             for target in targets:
@@ -542,8 +547,11 @@ class Replica:
                 proposal.future.set_exception(proposal_error(outcome.reason, self.id, self._core.leader))
 
     def _answer(self, states: list[ReadState]) -> None:
+        reads, applied, error = self._reads, self._applied, self._read_error
         for state in states:
-            self._reads.answer(state, self._applied, self._read_error)
+            reads.answer(state, applied, error)
+            for context in self._read_batches.pop(state.context, ()):
+                reads.answer(ReadState(context, state.index, state.reason), applied, error)
 
     def _read_error(self, state: ReadState) -> ReplicaError:
         assert state.reason is not None
@@ -567,5 +575,6 @@ class Replica:
         self._inbox.clear()
         self._new_proposals.clear()
         self._new_reads.clear()
+        self._read_batches.clear()
         self._transfers.clear()
         self._pulse()

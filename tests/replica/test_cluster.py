@@ -110,6 +110,30 @@ async def test_a_read_barrier_after_a_write_observes_it_on_every_replica() -> No
                 assert cluster.fsm(reader.id).get(key) == (b"x", version), f"{reader.id} missed {key}"
 
 
+async def test_concurrent_reads_share_a_barrier_and_each_gets_its_answer() -> None:
+    async with make_cluster(propose_timeout=1.0) as cluster:
+        leader = await cluster.leader()
+        follower = cluster.others(leader.id)[0]
+        version = await follower.propose(put("k", b"x"))
+        assert isinstance(version, int)
+        asked: list[bytes] = []
+        core = follower._core
+        read_index = core.read_index
+
+        def counting(context: bytes) -> None:
+            asked.append(context)
+            read_index(context)
+
+        core.read_index = counting  # type: ignore[method-assign]
+        indexes = await asyncio.gather(*(follower.read_barrier() for _ in range(30)))
+        assert all(index >= version for index in indexes)
+        assert 1 <= len(asked) < 30, f"{len(asked)} barriers for 30 reads asked together"
+        # A barrier that fails fails every read sharing it, and none hangs.
+        cluster.partition([leader.id, cluster.others(leader.id)[1].id], [follower.id])
+        outcomes = await asyncio.gather(*(follower.read_barrier() for _ in range(10)), return_exceptions=True)
+        assert all(isinstance(outcome, ReplicaError) for outcome in outcomes), outcomes
+
+
 async def _write(cluster: Cluster, prefix: str, count: int) -> dict[str, object]:
     leader = await cluster.leader()
     results = await asyncio.gather(*(leader.propose(put(f"{prefix}{i}")) for i in range(count)))

@@ -175,6 +175,30 @@ def test_a_follower_far_behind_a_compacted_log_is_brought_back_by_snapshot() -> 
     assert snapshots and sim.core(behind).log.first_index > 2
 
 
+def test_reads_asked_while_a_round_is_out_share_the_next_round() -> None:
+    """One ReadIndex round at a time: reads that arrive while it is out wait and share the
+    next round, so a stream of reads costs a round per round trip, not one per read."""
+    sim = Simulation(seed=5, nodes=3)
+    lead = sim.wait_for_leader()
+    write = sim.propose(lead)
+    sim.wait_for(lambda: write in sim.acked, 20, "a write in the leader's term")
+    rounds: set[bytes] = set()
+
+    def count_rounds(m: Message) -> Message:
+        if m.type is MsgType.HEARTBEAT and m.context:
+            rounds.add(m.context)
+        return m
+
+    sim.intercept = count_rounds
+    first = sim.read(lead)
+    assert len(rounds) == 1
+    later = [sim.read(lead) for _ in range(5)]
+    assert len(rounds) == 1, "a read started a round while one was out"
+    sim.wait_for(lambda: sim.read_answers == 6, 20, "every read answered")
+    assert len(rounds) == 2
+    assert first not in sim.nodes[lead].reads and not set(later) & set(sim.nodes[lead].reads)
+
+
 def test_a_single_node_cluster_commits_and_reads_alone() -> None:
     sim = Simulation(seed=1, nodes=1)
     lead = sim.wait_for_leader()
