@@ -12,8 +12,8 @@ Why these numbers:
 - A payload is at most 256 KiB (SQS's limit) and a batch or a consume answer 1 MiB, so
   one log entry and one gRPC message stay far below the 4 MiB gRPC default.
 - The whole queue holds at most 100,000 messages and 32 MiB of payload: it lives in
-  memory on every node and in every snapshot, and a snapshot travels in one 64 MiB
-  InstallSnapshot message alongside the lock and cache state.
+  memory on every node and is serialised into every snapshot, which holds up the
+  node's event loop while it is taken.
 - Visibility timeouts up to 12 hours, delays up to 15 minutes and long polls up to 20
   seconds are SQS's limits, which users of queues already know.
 """

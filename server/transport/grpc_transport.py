@@ -27,8 +27,9 @@ class GrpcTransport:
     each message at once.  The two limits bound different costs: encoding costs per
     entry, so `max_batch_messages` bounds how long one batch holds the event loop
     (256 APPENDs of 64 small entries encode in about 13 ms); `max_batch_bytes` bounds
-    the memory and the gRPC message size.  A message larger than `max_batch_bytes`
-    (a snapshot) travels alone.  See PeerLink for what is dropped when, and why.
+    the memory and the gRPC message size.  A snapshot larger than `max_batch_bytes`
+    travels as chunks of at most that size (see snapshot_chunks); any other message
+    larger than it travels alone.  See PeerLink for what is dropped when, and why.
 
     Messages are encoded later, by the sender task: the caller must not mutate a
     message after handing it to `send`.

@@ -17,6 +17,7 @@ from server.codec import message_to_pb
 from server.raft.types import Message, NodeId
 from server.transport.backoff import Backoff
 from server.transport.log_limit import RateLimitedLog
+from server.transport.snapshot_chunks import split
 from server.transport.wire import FRAME_OVERHEAD, MAX_MESSAGE_BYTES, STREAM_METHOD, channel_options, frame_batch
 
 _log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class PeerLink:
         self.address = address
         self._settings = settings
         self._queue: deque[Message] = deque(maxlen=settings.max_queue)
-        # An encoded message that did not fit the previous batch: the head of the next one.
-        self._carry: bytes | None = None
+        # Encoded frames not yet written: one that did not fit the previous batch, or the
+        # rest of a chunked snapshot.  Each with 1 if it ends its message, else 0.
+        self._frames: deque[tuple[bytes, int]] = deque()
         self._wake = asyncio.Event()  # set when messages arrive or the stream ends
         self._backoff = Backoff(settings.backoff_base, settings.backoff_max, rng)
         self._errors = RateLimitedLog(_log)
@@ -126,7 +128,7 @@ class PeerLink:
             last_sent=self._last_sent,
             sent=self._sent,
             dropped=self._dropped,
-            queued=len(self._queue) + (self._carry is not None),
+            queued=len(self._queue) + self._framed(),
         )
 
     async def close(self) -> None:
@@ -183,9 +185,10 @@ class PeerLink:
                 while self._pending():
                     if call.done():
                         return  # ended between writes: nothing lost, reopen
-                    batch, count = self._take_batch()
-                    if count == 0:
-                        continue
+                    taken = self._take_batch()
+                    if taken is None:
+                        continue  # nothing encodable was queued
+                    batch, count = taken
                     try:
                         # Not asyncio.wait_for: on 3.11 it swallows a cancellation that
                         # arrives as the write completes, and close() would hang.
@@ -212,37 +215,43 @@ class PeerLink:
         self._wake.set()
 
     def _pending(self) -> bool:
-        return bool(self._queue) or self._carry is not None
+        return bool(self._queue) or bool(self._frames)
 
-    def _take_batch(self) -> tuple[bytes, int]:
-        """Encodes the head of the queue into one StreamRequest, within the batch limits.
+    def _framed(self) -> int:
+        """Messages encoded but not yet written."""
+        return sum(ends for _, ends in self._frames)
+
+    def _take_batch(self) -> tuple[bytes, int] | None:
+        """Encodes the head of the queue into one StreamRequest, within the batch limits;
+        returns it and how many messages it completes, or None if there was nothing to send.
 
         Encoding here rather than in `send` keeps the caller's loop turn short and
         encodes only what is actually written (not what is dropped).
         """
         s = self._settings
-        frames: list[bytes] = []
-        size = 0
-        if self._carry is not None:
-            frames.append(self._carry)
-            size = len(self._carry) + FRAME_OVERHEAD
-            self._carry = None
+        batch: list[bytes] = []
+        size = completed = 0
+        frames = self._frames
         queue = self._queue
-        encode = self._encode
-        while queue and len(frames) < s.max_batch_messages:
-            data = encode(queue.popleft())
-            if data is None:
+        while len(batch) < s.max_batch_messages:
+            if not frames:
+                if not queue:
+                    break
+                frames.extend(self._encode(queue.popleft()))
                 continue
-            if frames and size + len(data) + FRAME_OVERHEAD > s.max_batch_bytes:
-                self._carry = data
+            data, ends = frames[0]
+            if batch and size + len(data) + FRAME_OVERHEAD > s.max_batch_bytes:
                 break
-            frames.append(data)
+            frames.popleft()
+            batch.append(data)
             size += len(data) + FRAME_OVERHEAD
-        return frame_batch(frames), len(frames)
+            completed += ends
+        return (frame_batch(batch), completed) if batch else None
 
-    def _encode(self, message: Message) -> bytes | None:
+    def _encode(self, message: Message) -> list[tuple[bytes, int]]:
+        """The frames that carry `message`: one, or a snapshot's chunks; none if it cannot go."""
         try:
-            data = message_to_pb(message).SerializeToString()
+            chunks = split(message_to_pb(message), self._settings.max_batch_bytes - FRAME_OVERHEAD)
         except Exception as exc:  # one bad message must not stop the others
             self._dropped += 1
             self._errors.warning(
@@ -252,7 +261,8 @@ class PeerLink:
                 message.type.name,
                 exc,
             )
-            return None
+            return []
+        data = chunks[-1]
         if len(data) + FRAME_OVERHEAD > MAX_MESSAGE_BYTES:
             self._dropped += 1
             self._errors.warning(
@@ -264,13 +274,13 @@ class PeerLink:
                 len(data),
                 MAX_MESSAGE_BYTES,
             )
-            return None
-        return data
+            return []
+        return [(chunk, 0) for chunk in chunks[:-1]] + [(data, 1)]
 
     def _lose_pending(self, exc: BaseException) -> None:
-        lost = len(self._queue) + (self._carry is not None)
+        lost = len(self._queue) + self._framed()
         self._queue.clear()
-        self._carry = None
+        self._frames.clear()
         self._dropped += lost
         if not self._outage_reported:
             self._outage_reported = True

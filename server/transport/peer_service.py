@@ -17,6 +17,7 @@ from server.codec import message_from_pb
 from server.raft.types import Message, NodeId
 from server.transport.log_limit import RateLimitedLog
 from server.transport.protocols import Inbox
+from server.transport.snapshot_chunks import SnapshotAssembler
 from server.transport.wire import RAFT_SERVICE
 
 _log = logging.getLogger(__name__)
@@ -60,14 +61,15 @@ class RaftPeerServicer:
     ) -> bytes:
         address = context.peer()
         inbox = self._inbox
+        chunks = SnapshotAssembler()  # per stream: a snapshot's chunks never span two
         async for request in request_iterator:
-            batch = self._decode(request, address)
+            batch = self._decode(request, address, chunks)
             if batch:
                 self.stats.messages += len(batch)
                 inbox(batch)
         return _EMPTY_RESPONSE
 
-    def _decode(self, request: bytes, address: str) -> list[Message]:
+    def _decode(self, request: bytes, address: str, chunks: SnapshotAssembler) -> list[Message]:
         stats = self.stats
         stats.batches += 1
         try:
@@ -84,7 +86,10 @@ class RaftPeerServicer:
         batch: list[Message] = []
         for raw in messages:
             try:
-                message = message_from_pb(raw)
+                whole = chunks.add(raw)
+                if whole is None:
+                    continue  # more chunks of a snapshot to come
+                message = message_from_pb(whole)
             except Exception as exc:  # whatever a peer sends must not end the stream
                 stats.malformed += 1
                 self._faults.warning(

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 RAFT_SERVICE = "dsync.raft.v1.RaftService"
 STREAM_METHOD = f"/{RAFT_SERVICE}/Stream"
 
-# Large enough for a whole state-machine snapshot in one InstallSnapshot message.
+# The largest single Raft message (an append of large entries); snapshots larger than
+# one batch travel as chunks of a batch each (snapshot_chunks.py), so none needs more.
 MAX_MESSAGE_BYTES = 64 << 20
 
 # Room for the StreamRequest framing around messages (tag + length varint per message).

@@ -67,6 +67,22 @@ async def test_a_snapshot_above_grpcs_default_4mib_limit_arrives(make_transport:
         assert b.received == [append(1), message, append(2)]
 
 
+async def test_a_snapshot_larger_than_a_batch_travels_in_chunks_and_arrives_whole(
+    make_transport: MakeTransport,
+) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    snapshot = Snapshot(SnapshotMeta(10, 2, ("a", "b", "c")), data)
+    message = Message(MsgType.SNAPSHOT, "a", "b", 2, snapshot=snapshot)
+    async with PeerServer("b") as b:
+        transport = make_transport({"b": b.address}, max_batch_bytes=64 << 10)
+        transport.send([append(1), message, append(2)])
+        await wait_until(lambda: len(b.received) == 3)
+        assert b.received == [append(1), message, append(2)]
+        assert b.servicer.stats.batches >= 16  # one write per 64 KiB chunk at most
+        await wait_until(lambda: transport.peer_stats()["b"].sent == 3)
+        assert b.servicer.stats.malformed == 0
+
+
 async def test_messages_sent_in_one_loop_turn_share_few_writes(make_transport: MakeTransport) -> None:
     async with PeerServer("b") as b:
         transport = make_transport({"b": b.address}, max_batch_messages=512)

@@ -440,7 +440,15 @@ class InstallSnapshot(_message.Message):
 
     META_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    """The snapshot, or one slice of it: a snapshot larger than one write travels as
+    consecutive messages on one stream, each with the slice's offset in the whole and
+    `more` set on every slice but the last.  The receiver joins them before use.
+    """
+    offset: _builtins.int
+    more: _builtins.bool
     @_builtins.property
     def meta(self) -> Global___SnapshotMeta: ...
     def __init__(
@@ -448,10 +456,12 @@ class InstallSnapshot(_message.Message):
         *,
         meta: Global___SnapshotMeta | None = ...,
         data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta", b"meta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "meta", b"meta", "more", b"more", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
