@@ -78,8 +78,8 @@ class Replica:
 
     `fsm` must be empty: when the core starts after a snapshot (as `open_core` builds
     it from storage), the replica restores `fsm` from that snapshot.  Storage and
-    transport belong to the caller, who closes them after `stop()`.  Call every method from the event loop's
-    thread; nothing here is thread-safe.
+    transport belong to the caller, who closes them after `stop()`.  Call every method
+    from the event loop's thread; nothing here is thread-safe.
 
     tick_interval: seconds per Raft tick (the core's timeouts are counted in ticks).
     max_pending: proposals (and, separately, reads) in flight before new ones get
