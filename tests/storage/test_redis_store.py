@@ -83,25 +83,61 @@ async def test_save_is_one_transaction_in_one_round_trip(
     assert (await store.load())[1] == span(1, 3) + span(4, 6, term=2)
 
 
+async def test_a_plain_append_is_one_rpush(redis_stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = redis_stores.open()
+    await store.append(span(1, 3))
+    sends: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
+        sends.append(b"".join(command) if isinstance(command, list) else command)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    await store.append(span(4, 6))
+    monkeypatch.undo()
+    assert len(sends) == 1 and sends[0].startswith(b"*5\r\n$5\r\nRPUSH")
+    assert (await store.load())[1] == span(1, 6)
+
+
+@pytest.mark.parametrize("path", ["rpush", "transaction"])
 async def test_an_ambiguous_write_failure_makes_the_store_reread_its_bounds(
-    redis_stores: Stores, monkeypatch: pytest.MonkeyPatch
+    redis_stores: Stores, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     """The reply is lost after Redis applied the write: the retry must not duplicate entries."""
     store = redis_stores.open()
     await store.append(span(1, 3))
-    original = Pipeline.execute
+    if path == "rpush":
+        original_command = Redis.execute_command
 
-    async def lost_reply(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        await original(self, raise_on_error)
-        raise RedisConnectionError("connection reset after EXEC")
+        async def lost_command_reply(self: Redis, *args: Any, **options: Any) -> Any:
+            await original_command(self, *args, **options)
+            raise RedisConnectionError("connection reset after RPUSH")
 
-    monkeypatch.setattr(Pipeline, "execute", lost_reply)
+        monkeypatch.setattr(Redis, "execute_command", lost_command_reply)
+    else:
+        original = Pipeline.execute
+
+        async def lost_reply(self: Pipeline, raise_on_error: bool = True) -> list[Any]:
+            await original(self, raise_on_error)
+            raise RedisConnectionError("connection reset after EXEC")
+
+        monkeypatch.setattr(Pipeline, "execute", lost_reply)
     with pytest.raises(RedisConnectionError):
-        await store.append(span(4, 4))
+        await store.save(None if path == "rpush" else HardState(1, "n1", 3), span(4, 4))
     monkeypatch.undo()
 
     await store.append(span(4, 5))
     assert (await store.load())[1] == span(1, 5)
+
+
+async def test_an_append_that_finds_a_log_it_did_not_write_stops_with_the_cause(redis_stores: Stores) -> None:
+    store = redis_stores.open()
+    await store.append(span(1, 3))
+    intruder = redis_stores.open()
+    await intruder.append(span(4, 4))  # a second writer on the same node's keys
+    with pytest.raises(CorruptLogError, match="another process writes this node's keys"):
+        await store.append(span(4, 5))
 
 
 async def test_load_reads_a_long_log_in_chunks(redis_stores: Stores) -> None:
