@@ -242,7 +242,11 @@ class RaftCore:
         if soft != self._prev_soft:
             rd.soft_state = self._prev_soft = soft
         hard = self._hard_state()
-        if hard != self._prev_hard:
+        prev = self._prev_hard
+        # A leader's messages never depend on what this Ready saves, except a new term or
+        # vote, which only a node becoming candidate (or follower) produces.
+        rd.send_first = self.role is Role.LEADER and (hard.term, hard.vote) == (prev.term, prev.vote)
+        if hard != prev:
             rd.hard_state = self._prev_hard = hard
         log = self.log
         rd.snapshot = log.pending_snapshot
@@ -265,6 +269,8 @@ class RaftCore:
             last = rd.entries[-1]
             if log.term(last.index) == last.term and last.index > log.stable:
                 log.stable = last.index
+                if self.role is Role.LEADER and self._maybe_commit():
+                    self._broadcast_due = True
         if rd.committed:
             log.applied = max(log.applied, rd.committed[-1].index)
         self._ready_out = False
@@ -564,7 +570,9 @@ class RaftCore:
     def _maybe_commit(self) -> bool:
         log = self.log
         matches = [pr.match for pr in self.progress.values()]
-        matches.append(log.last_index)
+        # Our own copy counts once saved (see Ready.send_first); alone in the cluster, once
+        # handed out: the same Ready saves it before it applies anything.
+        matches.append(log.stable if self.peers else log.last_index)
         index = committed_index(matches, len(self.config.voters))
         # Only entries of the current term are committed by counting replicas (§5.4.2).
         if index > log.committed and log.term(index) == self.term:

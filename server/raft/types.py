@@ -156,7 +156,10 @@ class Ready:
 
     1. persist `snapshot` (if any), then `hard_state` (if any) and `entries`
        (entries replace any stored suffix starting at entries[0].index);
-    2. send `messages`;
+    2. send `messages` -- or, when `send_first` is set, send them before step 1 and
+       persist while they travel (thesis §10.2.1: a leader, whose term and vote are
+       already durable, counts its own copy of an entry only once `advance` says it
+       is saved, so its appends need not wait for its disk);
     3. restore `snapshot` into the state machine (if any), then apply `committed`;
     4. deliver `outcomes` and `read_states` (a read waits until its index is applied);
     5. call `advance(ready)`.
@@ -170,6 +173,7 @@ class Ready:
     committed: list[Entry] = field(default_factory=list)
     outcomes: list[ProposalOutcome] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    send_first: bool = False
 
     def __bool__(self) -> bool:
         return bool(

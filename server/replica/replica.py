@@ -450,6 +450,11 @@ class Replica:
         stats.readies += 1
         if rd.soft_state is not None:
             stats.saw_leader(rd.soft_state.leader)
+        sent_early = rd.send_first and bool(rd.messages)
+        if sent_early:
+            # A leader's appends travel while it writes them (thesis §10.2.1): its own
+            # disk and its followers' work in parallel, one fsync off every commit.
+            self._send(rd.messages)
         if rd.snapshot is not None:
             # The snapshot, then the log's new start point, go first: the entries saved
             # next begin after it, and a restart must find the state it starts from.
@@ -474,9 +479,8 @@ class Replica:
             if rd.entries:
                 stats.append_latency.observe(took)
             stats.entries_saved += len(rd.entries)
-        if rd.messages:
-            self._transport.send(rd.messages)
-            stats.messages_sent += len(rd.messages)
+        if rd.messages and not sent_early:
+            self._send(rd.messages)
         if rd.snapshot is not None:
             self._fsm.restore(rd.snapshot.data)
             self._applied = rd.snapshot.meta.index
@@ -502,6 +506,10 @@ class Replica:
         logger.info(
             "replica %s: snapshot at index %d (%d bytes), log compacted", self.id, index, len(snapshot.data)
         )
+
+    def _send(self, messages: list[Message]) -> None:
+        self._transport.send(messages)
+        self.stats.messages_sent += len(messages)
 
     def _only_commit_moved(self, hard_state: HardState) -> bool:
         saved = self._saved_hard

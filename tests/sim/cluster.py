@@ -110,6 +110,9 @@ class Simulation:
             for nid in self.ids
         }
         self.net = NetParams()
+        # The chance that a node crashes after sending a `send_first` Ready's messages but
+        # before saving anything of it: the window the leader's early send opens.
+        self.torn = 0.0
         # Scenario tests see every message sent through this, and may drop (None) or alter it.
         self.intercept: Callable[[Message], Message | None] = lambda msg: msg
         self.now = 0
@@ -320,6 +323,13 @@ class Simulation:
         assert core is not None
         while core.has_ready():
             rd = core.ready()
+            if rd.send_first:
+                for msg in rd.messages:
+                    self._send(msg)
+                if self.torn and (rd.entries or rd.hard_state) and self.rng.random() < self.torn:
+                    self.crash(node.id)
+                    self._log(f"{node.id} crashed after sending, before saving")
+                    return
             self._carry_out(node, core, rd)
             core.advance(rd)
 
@@ -341,8 +351,9 @@ class Simulation:
             disk.hard = rd.hard_state
         if rd.entries:
             self._persist_entries(node.id, disk, rd.entries)
-        for msg in rd.messages:
-            self._send(msg)
+        if not rd.send_first:
+            for msg in rd.messages:
+                self._send(msg)
         if rd.snapshot is not None:
             node.applied = rd.snapshot.meta.index
             node.applied_chain = disk.base_chain()
@@ -426,6 +437,7 @@ class Schedule:
     max_delay: int
     max_entries_per_msg: int
     max_inflight_msgs: int
+    torn: float
 
 
 def draw_schedule(seed: int) -> Schedule:
@@ -438,6 +450,7 @@ def draw_schedule(seed: int) -> Schedule:
         max_delay=rng.choice([3, 10, 25]),
         max_entries_per_msg=rng.choice([1, 2, 8, 64]),
         max_inflight_msgs=rng.choice([1, 4, 16]),
+        torn=rng.choice([0.0, 0.002, 0.01]),
     )
 
 
@@ -451,15 +464,19 @@ def run_schedule(seed: int, liveness_ticks: int = 400) -> Simulation:
         max_inflight_msgs=plan.max_inflight_msgs,
     )
     sim.net = NetParams(plan.drop, plan.duplicate, 1, plan.max_delay)
+    sim.torn = plan.torn
     rng = sim.rng
     for _ in range(plan.chaos_ticks):
         up = sim.up()
         if up and rng.random() < 0.5:
             nid = rng.choice(up)
             for _ in range(rng.randint(1, 4)):
-                sim.propose(nid)
+                if nid in sim.up():  # a torn save may have crashed it
+                    sim.propose(nid)
+        up = sim.up()
         if up and rng.random() < 0.2:
             sim.read(rng.choice(up))
+        up = sim.up()
         if up and rng.random() < 0.02:
             sim.crash(rng.choice(up))
         down = sim.down()
@@ -477,6 +494,7 @@ def run_schedule(seed: int, liveness_ticks: int = 400) -> Simulation:
         up = sim.up()
         if up and rng.random() < 0.01:
             sim.transfer(rng.choice(up), rng.choice(sim.ids))
+        up = sim.up()
         if up and rng.random() < 0.05:
             sim.compact(rng.choice(up))
         sim.run_ticks(1)
@@ -486,6 +504,7 @@ def run_schedule(seed: int, liveness_ticks: int = 400) -> Simulation:
         sim.start(nid)
         sim._log(f"restart {nid}")
     sim.net = NetParams(0.0, 0.0, 1, plan.max_delay)
+    sim.torn = 0.0
     final: tuple[str, bytes] | None = None
     for _ in range(liveness_ticks):
         sim.run_ticks(1)

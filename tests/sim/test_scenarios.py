@@ -175,6 +175,41 @@ def test_a_follower_far_behind_a_compacted_log_is_brought_back_by_snapshot() -> 
     assert snapshots and sim.core(behind).log.first_index > 2
 
 
+def test_a_leader_sends_before_saving_and_counts_its_own_copy_only_once_saved() -> None:
+    """Thesis §10.2.1: a leader's appends may travel while it writes them, so long as a
+    quorum counts its own copy only once saved."""
+    sim = Simulation(seed=7, nodes=3)
+    lead = sim.wait_for_leader()
+    core = sim.core(lead)
+    sim.wait_for(lambda: core.log.committed == core.log.last_index, 20, "the leader's no-op committed")
+    follower = next(n for n in sim.ids if n != lead)
+    core.propose(b"x")
+    index = core.log.last_index
+    rd = core.ready()
+    assert rd.send_first and [e.index for e in rd.entries] == [index]
+    assert any(m.type is MsgType.APPEND and m.entries for m in rd.messages)
+    # One follower saved it, the leader not yet: one copy of three is no quorum.
+    core.step(Message(MsgType.APPEND_RESP, follower, lead, core.term, index=index))
+    assert core.log.committed < index
+    core.advance(rd)  # the leader's own save is done: two copies of three
+    assert core.log.committed == index
+
+
+def test_a_candidate_saves_its_term_and_vote_before_asking_for_votes() -> None:
+    sim = Simulation(seed=8, nodes=3)
+    core = sim.core("n1")
+    while core.role is not Role.CANDIDATE:
+        core.tick()
+        rd = core.ready()
+        assert not rd.send_first, "a follower or candidate sent before saving"
+        for m in rd.messages:
+            if m.type is MsgType.PRE_VOTE:
+                core.step(Message(MsgType.PRE_VOTE_RESP, m.dst, "n1", m.term))
+        core.advance(rd)
+    rd = core.ready()
+    assert rd.hard_state is not None and rd.hard_state.vote == "n1" and not rd.send_first
+
+
 def test_reads_asked_while_a_round_is_out_share_the_next_round() -> None:
     """One ReadIndex round at a time: reads that arrive while it is out wait and share the
     next round, so a stream of reads costs a round per round trip, not one per read."""
