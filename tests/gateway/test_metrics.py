@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 import aiohttp
 import grpc
+from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dsync.v1 import cluster_pb2, cluster_pb2_grpc
+from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc
 from server.api.interceptors import RequestStats
 from server.config import load
 from server.fsm.queue import QueueMachine
@@ -102,7 +103,7 @@ async def test_service_series_follow_the_work_and_name_no_resource_topic_or_key(
 
 
 @asynccontextmanager
-async def real_node(data_dir: Path) -> AsyncIterator[Node]:
+async def real_node(data_dir: Path, **env: str) -> AsyncIterator[Node]:
     """A started one-node cluster (private redis-server) on free loopback ports."""
     grpc_port, http_port, metrics_port = free_ports(3)
     config = load(
@@ -113,6 +114,7 @@ async def real_node(data_dir: Path) -> AsyncIterator[Node]:
             "METRICS_PORT": str(metrics_port),
             "DATA_DIR": str(data_dir),
             "TICK_MS": "10",
+            **env,
         }
     )
     node = Node(config)
@@ -181,6 +183,19 @@ async def test_a_real_nodes_metrics_exist_and_move_with_writes(tmp_path: Path) -
         labels = {"service": "dsync.v1.ClusterService", "method": "Status"}
         assert value(after, "dsync_grpc_server_handled_total", **labels, code="OK") == 1
         assert value(after, "dsync_grpc_server_handling_seconds_count", **labels) == 1
+
+
+async def test_snapshots_are_counted_and_timed(tmp_path: Path) -> None:
+    async with real_node(tmp_path / "solo", SNAPSHOT_ENTRIES="100") as node, aiohttp.ClientSession() as http:
+        assert value(await scrape(http, node), "dsync_raft_snapshots_total") == 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.config.grpc_port}") as channel:
+            stub = cache_pb2_grpc.CacheServiceStub(channel)
+            for i in range(120):
+                await stub.Put(cache_pb2.PutRequest(key=f"k{i}", value=struct_pb2.Value(number_value=i)), timeout=5)
+        after = await scrape(http, node)
+        assert value(after, "dsync_raft_snapshots_total") >= 1
+        assert value(after, "dsync_raft_snapshot_seconds_total") > 0
+        assert value(after, "dsync_raft_snapshots_installed_total") == 0  # alone: nobody sends it one
 
 
 async def test_two_nodes_in_one_process_each_export_only_their_own(tmp_path: Path) -> None:
