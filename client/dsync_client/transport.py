@@ -25,11 +25,20 @@ from .retry import Attempts, RetryPolicy
 from .session import Session
 
 # Reconnect quickly to a restarted node: gRPC's default backoff grows to two minutes,
-# during which calls to that endpoint fail at once.
+# during which calls to that endpoint fail at once.  While a call is open, ping the node
+# every 10 s and give it up after 5 s without an answer: a node that froze or vanished
+# without closing the connection (power loss, partition) fails a long wait -- a lock
+# queue, a long poll -- in seconds rather than at its deadline, and the call moves to
+# another node.  The nodes accept pings this often (server/transport/wire.py).
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    # grpcio 1.85 waits for a ping's answer this long, whatever keepalive_timeout says.
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 # How long asking a node who leads may take: it answers from its own view, at once.
 LEADER_QUERY_S = 1.0

@@ -56,6 +56,8 @@ def channel_options(reconnect_backoff_max: float, connect_timeout: float) -> Grp
         ("grpc.enable_http_proxy", 0),
         ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        # grpcio 1.85 waits for a ping's answer this long, whatever keepalive_timeout says.
+        ("grpc.http2.ping_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
         ("grpc.initial_reconnect_backoff_ms", min(100, backoff_max_ms)),
         ("grpc.max_reconnect_backoff_ms", backoff_max_ms),
         ("grpc.min_reconnect_backoff_ms", max(1, round(connect_timeout * 1000))),
