@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from server.raft import Config, Entry, HardState, RaftCore, Rng, Snapshot
+from server.raft import Config, HardState, RaftCore, Rng
+from server.storage.log_bounds import compaction_drop
 from server.storage.protocols import RaftStorage
 
 
@@ -32,23 +33,14 @@ async def open_core(config: Config, storage: RaftStorage, rng: Rng) -> RaftCore:
             )
         snapshot = None
     if snapshot is not None:
-        entries = _after(snapshot, entries)
+        if snapshot.meta.index > start.index:
+            # The entries the snapshot covers go, and by Raft §7 those after it too unless
+            # the log holds its last entry: the rule the log store's compact applies.
+            at = snapshot.meta.index - start.index - 1
+            term_at_meta = entries[at].term if at < len(entries) else None
+            entries = entries[compaction_drop(snapshot.meta, start, len(entries), term_at_meta) :]
         last = snapshot.meta.index + len(entries)
         commit = min(max(hard_state.commit, snapshot.meta.index), last)
         hard_state = HardState(hard_state.term, hard_state.vote, commit)
     return RaftCore(config, rng, hard_state, snapshot, entries)
 
-
-def _after(snapshot: Snapshot, entries: list[Entry]) -> list[Entry]:
-    """The stored entries that follow `snapshot`: none unless the log holds its last entry.
-
-    Raft §7: entries after a snapshot survive only if the entry at its index matches it,
-    otherwise they belong to another history (the rule the log store's compact applies).
-    Called only with a log that starts at or before the snapshot's index.
-    """
-    meta = snapshot.meta
-    first = entries[0].index if entries else meta.index + 1
-    at = meta.index - first  # the snapshot's last entry in `entries`; -1: just before them
-    if at >= len(entries) or (at >= 0 and entries[at].term != meta.term):
-        return []
-    return entries[at + 1 :]

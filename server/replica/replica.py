@@ -44,6 +44,7 @@ from server.raft import (
     Ready,
     ReadState,
     Role,
+    Snapshot,
 )
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
@@ -458,8 +459,7 @@ class Replica:
         if rd.snapshot is not None:
             # The snapshot, then the log's new start point, go first: the entries saved
             # next begin after it, and a restart must find the state it starts from.
-            await self._storage.save_snapshot(rd.snapshot)
-            await self._storage.compact(rd.snapshot.meta)
+            await self._store_snapshot(rd.snapshot)
             stats.snapshots_installed += 1
         hard_state = rd.hard_state
         if hard_state is not None and not rd.entries and self._only_commit_moved(hard_state):
@@ -499,13 +499,17 @@ class Replica:
         began = time.perf_counter()
         core.compact(index, self._fsm.snapshot())
         snapshot = core.log.snapshot
-        await self._storage.save_snapshot(snapshot)
-        await self._storage.compact(snapshot.meta)
+        await self._store_snapshot(snapshot)
         self.stats.snapshots += 1
         self.stats.snapshot_seconds += time.perf_counter() - began
         logger.info(
             "replica %s: snapshot at index %d (%d bytes), log compacted", self.id, index, len(snapshot.data)
         )
+
+    async def _store_snapshot(self, snapshot: Snapshot) -> None:
+        """The snapshot first, then the log's start: a crash between leaves both (see open_core)."""
+        await self._storage.save_snapshot(snapshot)
+        await self._storage.compact(snapshot.meta)
 
     def _send(self, messages: list[Message]) -> None:
         self._transport.send(messages)

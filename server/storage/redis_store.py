@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
-from typing import cast
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar, cast
 
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from server.codec import decode_entry, encode_entry
@@ -27,6 +26,8 @@ from server.raft.types import Entry, HardState, Snapshot, SnapshotMeta
 from .errors import CorruptLogError
 from .keys import NodeKeys
 from .log_bounds import check_range, compaction_drop, entries_to_store
+
+T = TypeVar("T")
 
 # Entries per LRANGE at boot: big enough that a long log takes few round trips,
 # small enough that one reply stays a few hundred kilobytes.
@@ -111,17 +112,13 @@ class RedisRaftStorage:
             elif keep < length:
                 pipe.ltrim(self._keys.log, 0, keep - 1)
             pipe.rpush(self._keys.log, *map(encode_entry, fresh))
-        await self._execute(pipe)
+        await self._execute(pipe.execute())
         self._length = keep + len(fresh)
 
     async def _append(self, fresh: list[Entry], length: int) -> None:
         """The common Ready under load: entries after the last one, nothing else.  One
         RPUSH is atomic on its own, and costs a fraction of a MULTI/EXEC pipeline."""
-        try:
-            now = int(await self._redis.rpush(self._keys.log, *map(encode_entry, fresh)))
-        except BaseException:
-            self._start = None  # the write may or may not have happened
-            raise
+        now = await self._execute(self._redis.rpush(self._keys.log, *map(encode_entry, fresh)))
         if now != length + len(fresh):
             self._start = None
             raise CorruptLogError(
@@ -177,7 +174,7 @@ class RedisRaftStorage:
         elif drop:
             pipe.ltrim(self._keys.log, drop, -1)
         pipe.hset(self._keys.log_start, mapping=_log_start_fields(meta))
-        await self._execute(pipe)
+        await self._execute(pipe.execute())
         self._start, self._length = meta, length - drop
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -209,9 +206,10 @@ class RedisRaftStorage:
         self._start, self._length = _log_start(fields), int(length)
         return self._start, self._length
 
-    async def _execute(self, pipe: Pipeline) -> None:
+    async def _execute(self, write: Awaitable[T]) -> T:
+        """Await a write; if it fails, its outcome is unknown: re-read the bounds next time."""
         try:
-            await pipe.execute()
+            return await write
         except BaseException:
             self._start = None  # the write may or may not have happened
             raise

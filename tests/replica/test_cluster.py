@@ -127,7 +127,8 @@ async def test_concurrent_reads_share_a_barrier_and_each_gets_its_answer() -> No
         core.read_index = counting  # type: ignore[method-assign]
         indexes = await asyncio.gather(*(follower.read_barrier() for _ in range(30)))
         assert all(index >= version for index in indexes)
-        assert 1 <= len(asked) < 30, f"{len(asked)} barriers for 30 reads asked together"
+        assert asked, "no barrier was asked for"
+        assert len(asked) < 30, f"{len(asked)} barriers for 30 reads asked together"
         # A barrier that fails fails every read sharing it, and none hangs.
         cluster.partition([leader.id, cluster.others(leader.id)[1].id], [follower.id])
         outcomes = await asyncio.gather(*(follower.read_barrier() for _ in range(10)), return_exceptions=True)

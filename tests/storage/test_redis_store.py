@@ -60,20 +60,26 @@ async def test_the_same_node_name_in_two_clusters_is_two_nodes(redis_server: Emb
         await two.close()
 
 
+def record_sends(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every packed write to Redis from now on (until monkeypatch.undo()), one item per send."""
+    sends: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def recording(self: Connection, command: Any, check_health: bool = True) -> None:
+        sends.append(b"".join(command) if isinstance(command, list) else command)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", recording)
+    return sends
+
+
 async def test_save_is_one_transaction_in_one_round_trip(
     redis_stores: Stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = redis_stores.open()
     await store.append(span(1, 5))
     await store.load()  # bounds are known from here on
-    sends: list[bytes] = []
-    original = Connection.send_packed_command
-
-    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
-        sends.append(b"".join(command) if isinstance(command, list) else command)
-        await original(self, command, check_health)
-
-    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    sends = record_sends(monkeypatch)
     await store.save(HardState(2, "n1", 3), span(4, 6, term=2))  # truncates and appends
     monkeypatch.undo()
 
@@ -86,14 +92,7 @@ async def test_save_is_one_transaction_in_one_round_trip(
 async def test_a_plain_append_is_one_rpush(redis_stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     store = redis_stores.open()
     await store.append(span(1, 3))
-    sends: list[bytes] = []
-    original = Connection.send_packed_command
-
-    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
-        sends.append(b"".join(command) if isinstance(command, list) else command)
-        await original(self, command, check_health)
-
-    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    sends = record_sends(monkeypatch)
     await store.append(span(4, 6))
     monkeypatch.undo()
     assert len(sends) == 1 and sends[0].startswith(b"*5\r\n$5\r\nRPUSH")
