@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from bench.measure import (
     cluster_pids,
@@ -157,7 +158,7 @@ async def generate(urls: list[str], clients: int, warmup: float, seconds: float,
 
 def _loadgen_process(conn: Connection, urls: list[str], clients: int, warmup: float, seconds: float) -> None:
     try:
-        conn.send(asyncio.run(generate(urls, clients, warmup, seconds, conn.send)))
+        conn.send(uvloop.run(generate(urls, clients, warmup, seconds, conn.send)))
     except Exception:
         conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
     finally:
@@ -294,4 +295,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

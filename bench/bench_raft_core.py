@@ -8,11 +8,12 @@ core, so that the core never limits the real system.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import statistics
 import time
 from collections import deque
+
+import uvloop
 
 from bench.floors import grpc_echo_floor
 from server.raft import Config, Message, RaftCore, Role
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=64, help="bytes per entry")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    floor = asyncio.run(grpc_echo_floor(seconds=args.seconds))
+    floor = uvloop.run(grpc_echo_floor(seconds=args.seconds))
     for batch in (1, 16, args.batch):
         rates = [measure(args.seconds, batch, args.payload) for _ in range(args.runs)]
         median = statistics.median(rates)

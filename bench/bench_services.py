@@ -54,6 +54,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+import uvloop
 
 from bench.floors import grpc_echo_floor
 from bench.measure import cpu_seconds, floor_and_others, free_ports, machine_busy_seconds, ms, percentiles, receive
@@ -360,7 +361,7 @@ async def run_plan(plan: Plan, report: Callable[[Result], None]) -> None:
 def _loadgen_process(conn: Connection, plan: Plan) -> None:
     """Entry point of the load generator's own process: each Result, then None, over `conn`."""
     try:
-        asyncio.run(run_plan(plan, conn.send))
+        uvloop.run(run_plan(plan, conn.send))
         conn.send(None)
     except Exception:
         conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
@@ -541,4 +542,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

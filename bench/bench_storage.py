@@ -11,12 +11,12 @@ run.  The ratio says how much of a round trip's budget a save spends.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import time
 from pathlib import Path
 from typing import get_args
 
+import uvloop
 from redis.asyncio import Redis
 
 from server.raft.types import Entry, HardState
@@ -81,4 +81,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -17,6 +17,7 @@ import asyncio
 import time
 
 import grpc.aio
+import uvloop
 
 from bench.floors import grpc_echo_floor
 from server.raft.types import Entry, Message, MsgType
@@ -111,4 +112,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

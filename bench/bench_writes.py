@@ -45,6 +45,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import struct_pb2
+import uvloop
 
 from bench.floors import grpc_echo_floor
 from bench.measure import (
@@ -167,7 +168,7 @@ async def generate(
 def _loadgen_process(conn: Connection, addresses: list[str], clients: int, warmup: float, seconds: float) -> None:
     """Entry point of the load generator's own process: marks, then the Load, over `conn`."""
     try:
-        load = asyncio.run(generate(addresses, clients, warmup, seconds, conn.send))
+        load = uvloop.run(generate(addresses, clients, warmup, seconds, conn.send))
         conn.send(load)
     except Exception:
         conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
@@ -343,4 +344,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())

@@ -1,5 +1,7 @@
 """Floors measured in the same run as each benchmark: on a shared, noisy machine only a
-ratio to a bare server measured alongside means anything."""
+ratio to a bare server measured alongside means anything.  Every benchmark runs its floor,
+its load generator and (through `python -m server`) the nodes on uvloop, so the ratio
+compares like with like."""
 
 from __future__ import annotations
 

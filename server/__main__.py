@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import uvloop
 from dotenv import load_dotenv
 
 from server import config
@@ -47,7 +48,9 @@ def main() -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     try:
-        asyncio.run(_run(cfg))
+        # uvloop: the node is CPU-bound under load, and libuv's loop leaves it about an
+        # eighth more writes/s than asyncio's own (bench_writes, docs/design.md).
+        uvloop.run(_run(cfg))
     except StartupError as exc:
         print(f"dsync: cannot start node {cfg.node_id}: {exc}", file=sys.stderr)
         sys.exit(2)
