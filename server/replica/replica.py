@@ -68,8 +68,9 @@ logger = logging.getLogger(__name__)
 # Entries applied between two yields to the event loop: a long catch-up must not hold
 # up the rest of the node (its RPCs, the transport's streams) for more than a moment.
 APPLY_CHUNK = 512
-# Adaptive batching on the leader: below this many new proposals in a turn, while others
-# are still in flight, wait BATCH_WAIT seconds for more before writing and sending.
+# Adaptive batching: below this many new proposals (on a follower, proposals and reads) in
+# a turn, while others are still in flight, wait BATCH_WAIT seconds for more before
+# writing and sending.
 BATCH_TARGET = 32
 BATCH_WAIT = 0.001
 
@@ -139,6 +140,8 @@ class Replica:
         self._read_batches: dict[bytes, list[bytes]] = {}  # a barrier's context -> the reads sharing it
         self._transfers: list[NodeId] = []
         self._stepped_proposals = 0  # how many proposals the last turn took in
+        self._stepped_messages = 0  # how many peer messages the last turn took in
+        self._stepped_reads = 0  # how many reads the last turn asked a barrier for
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # replaced after every Ready; see _pulse
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -395,12 +398,21 @@ class Replica:
 
     def _worth_waiting(self) -> bool:
         core = self._core
-        in_flight = core.log.last_index > core.log.committed  # an append round is out
-        return core.role is Role.LEADER and in_flight and 0 < self._stepped_proposals < BATCH_TARGET
+        if core.role is Role.LEADER:
+            in_flight = core.log.last_index > core.log.committed  # an append round is out
+            return in_flight and 0 < self._stepped_proposals < BATCH_TARGET
+        # A follower forwarding proposals or reads while others it forwarded are still out,
+        # and nothing from the leader waits for its answer this turn.
+        if core.role is not Role.FOLLOWER or not core.leader or self._stepped_messages:
+            return False
+        fresh = self._stepped_proposals + self._stepped_reads
+        return 0 < fresh < BATCH_TARGET and len(self._proposals) + len(self._reads) > fresh
 
     def _step_inputs(self) -> None:
         core = self._core
         fresh = len(self._new_proposals)
+        self._stepped_messages = len(self._inbox)
+        self._stepped_reads = 0
         if self._inbox:
             messages, self._inbox = self._inbox, []
             for message in messages:
@@ -417,6 +429,7 @@ class Replica:
             # One barrier for every read that arrived since the last turn: each began
             # before it is asked for, so its answer is a linearizable point for them all.
             contexts, self._new_reads = self._new_reads, []
+            self._stepped_reads = len(contexts)
             head = contexts[0]
             if len(contexts) > 1:
                 self._read_batches[head] = contexts[1:]
