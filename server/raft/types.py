@@ -160,7 +160,9 @@ class Ready:
        persist while they travel (thesis §10.2.1: a leader, whose term and vote are
        already durable, counts its own copy of an entry only once `advance` says it
        is saved, so its appends need not wait for its disk);
-    3. restore `snapshot` into the state machine (if any), then apply `committed`;
+    3. restore `snapshot` into the state machine (if any), then apply `committed`
+       -- except that, without a snapshot, committed entries before entries[0] are
+       already durable here and may be applied before step 1;
     4. deliver `outcomes` and `read_states` (a read waits until its index is applied);
     5. call `advance(ready)`.
     """

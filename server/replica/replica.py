@@ -469,6 +469,14 @@ class Replica:
             # A leader's appends travel while it writes them (thesis §10.2.1): its own
             # disk and its followers' work in parallel, one fsync off every commit.
             self._send(rd.messages)
+        committed = rd.committed
+        if committed and rd.entries and rd.snapshot is None:
+            # Committed entries this node already holds on disk need not wait for the
+            # new ones to be written: their callers are answered one fsync sooner.
+            durable = max(0, min(len(committed), rd.entries[0].index - committed[0].index))
+            if durable:
+                await self._apply(committed[:durable])
+                committed = committed[durable:]
         if rd.snapshot is not None:
             # The snapshot, then the log's new start point, go first: the entries saved
             # next begin after it, and a restart must find the state it starts from.
@@ -498,8 +506,8 @@ class Replica:
             self._fsm.restore(rd.snapshot.data)
             self._applied = rd.snapshot.meta.index
             self._reads.release(self._applied)
-        if rd.committed:
-            await self._apply(rd.committed)
+        if committed:
+            await self._apply(committed)
         self._settle(rd.outcomes)
         self._answer(rd.read_states)
         self._core.advance(rd)

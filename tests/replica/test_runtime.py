@@ -166,6 +166,31 @@ async def test_a_storage_fault_stops_the_replica_and_fails_its_waiters() -> None
         assert "disk on fire" in str(replica.status()["stopped"])
 
 
+async def test_entries_already_on_disk_are_answered_without_waiting_for_the_next_save() -> None:
+    stores: dict[NodeId, GatedStorage] = {}
+    async with make_cluster(storage=lambda nid: stores.setdefault(nid, GatedStorage())) as cluster:
+        leader = await cluster.leader()
+        await leader.propose(put("warm"))
+        disk = stores[leader.id]
+        disk.gate.clear()  # the leader's disk stalls
+        first = asyncio.ensure_future(leader.propose(put("k1")))
+        await eventually(lambda: bool(disk.held), "the leader's save of k1 is held")
+        followers = cluster.others(leader.id)
+        saves = {r.id: r.stats.saves for r in followers}
+        await eventually(lambda: all(r.stats.saves > saves[r.id] for r in followers), "the followers saved k1")
+        for _ in range(5):
+            await asyncio.sleep(0)  # their answers reach the leader's inbox
+        disk.gate.set()  # k1's save completes; the next one stalls again
+        disk.gate.clear()
+        second = asyncio.ensure_future(leader.propose(put("k2")))
+        # k1 commits in the turn that takes k2; k2's save is held, k1 is on disk already.
+        done, _ = await asyncio.wait([first], timeout=2)
+        assert done, "k1, committed and on disk, waited for k2's save"
+        assert not second.done() and len(disk.held) == 1  # k2, still on its way to disk
+        disk.gate.set()
+        await second
+
+
 async def test_a_long_catch_up_yields_to_the_event_loop_while_applying() -> None:
     async with make_cluster(1) as cluster:
         replica = await cluster.leader()
