@@ -4,7 +4,8 @@ One task owns the core.  Everything else -- peer messages, proposals, reads, lea
 transfers -- only queues an input and wakes that task, so the core is never touched
 while a Ready is being carried out.  Each turn of the loop steps every queued input
 into the core, fires the ticks that are due, and carries out one Ready: persist (one
-storage round trip), send, apply, answer, advance.  Inputs that arrive while a save is
+storage round trip), send, apply, answer, advance -- committed entries already on disk
+are applied before the save, not after it.  Inputs that arrive while a save is
 in flight go into the next Ready together: that is where batching comes from -- many
 proposals per Ready, one storage round trip per Ready.
 
@@ -73,6 +74,10 @@ APPLY_CHUNK = 512
 # writing and sending.
 BATCH_TARGET = 32
 BATCH_WAIT = 0.001
+# Committed entries already on disk are applied before a Ready's new entries are saved.
+# A follower answers the leader only after that save, so it applies early only a short
+# prefix: a long catch-up must not hold back its answer, which the next commit awaits.
+EARLY_APPLY_MAX = 64
 
 
 class Replica:
@@ -379,8 +384,8 @@ class Replica:
                 next_tick = self._tick(now, next_tick)
             if core.has_ready():
                 if self._worth_waiting():
-                    # A leader with writes in flight and only a few new ones: a moment's wait
-                    # lets more join this Ready, so one save and one append carry them all.
+                    # Only a few new requests while others are still out: a moment's wait lets
+                    # more join this Ready, so one save and one message carry them all.
                     await asyncio.sleep(BATCH_WAIT)
                     self._step_inputs()
                 await self._carry_out(core.ready())
@@ -401,8 +406,8 @@ class Replica:
         if core.role is Role.LEADER:
             in_flight = core.log.last_index > core.log.committed  # an append round is out
             return in_flight and 0 < self._stepped_proposals < BATCH_TARGET
-        # A follower forwarding proposals or reads while others it forwarded are still out,
-        # and nothing from the leader waits for its answer this turn.
+        # A follower forwarding proposals or reads while other requests of its own are
+        # still pending, and nothing from the leader waits for its answer this turn.
         if core.role is not Role.FOLLOWER or not core.leader or self._stepped_messages:
             return False
         fresh = self._stepped_proposals + self._stepped_reads
@@ -474,7 +479,7 @@ class Replica:
             # Committed entries this node already holds on disk need not wait for the
             # new ones to be written: their callers are answered one fsync sooner.
             durable = max(0, min(len(committed), rd.entries[0].index - committed[0].index))
-            if durable:
+            if durable and (rd.send_first or durable <= EARLY_APPLY_MAX):
                 await self._apply(committed[:durable])
                 committed = committed[durable:]
         if rd.snapshot is not None:
