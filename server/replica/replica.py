@@ -73,7 +73,7 @@ APPLY_CHUNK = 512
 # a turn, while others are still in flight, wait BATCH_WAIT seconds for more before
 # writing and sending.
 BATCH_TARGET = 32
-BATCH_WAIT = 0.001
+BATCH_WAIT = 0.002
 # Committed entries already on disk are applied before a Ready's new entries are saved.
 # A follower answers the leader only after that save, so it applies early only a short
 # prefix: a long catch-up must not hold back its answer, which the next commit awaits.
