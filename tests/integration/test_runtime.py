@@ -63,15 +63,22 @@ async def test_leader_killed_a_new_one_is_elected_fast_and_no_acknowledged_write
         await kv.put(name, f"after-{name}", b"y")
 
 
-async def test_a_killed_node_restarted_on_its_data_dir_catches_up(cluster: LocalCluster, kv: Kv) -> None:
-    leader = await cluster.wait_for_leader(timeout=10)
-    follower = next(n.name for n in cluster if n.name != leader)
+async def _write_while_down(cluster: LocalCluster, kv: Kv, leader: str, follower: str, writes: int) -> int:
+    """Write "early", kill `follower`, write `writes` keys through `leader`, restart the
+    follower on its data dir; the version of the last write."""
     await kv.put(leader, "early", b"1")
     await cluster.kill(follower)
     last = 0
-    for i in range(25):
+    for i in range(writes):
         last = await kv.put(leader, f"while-down{i}", b"2")
     await cluster.start(follower)
+    return last
+
+
+async def test_a_killed_node_restarted_on_its_data_dir_catches_up(cluster: LocalCluster, kv: Kv) -> None:
+    leader = await cluster.wait_for_leader(timeout=10)
+    follower = next(n.name for n in cluster if n.name != leader)
+    last = await _write_while_down(cluster, kv, leader, follower, 25)
     await _applied_everywhere(cluster, last, timeout=20)
     assert await kv.get(follower, "early", linearizable=False) == b"1"
     assert await kv.get(follower, "while-down24", linearizable=False) == b"2"
@@ -84,12 +91,7 @@ async def test_nodes_compact_their_logs_and_a_node_far_behind_restarts_from_a_sn
     try:
         leader = await cluster.wait_for_leader(timeout=30)
         follower = next(n.name for n in cluster if n.name != leader)
-        await kv.put(leader, "early", b"1")
-        await cluster.kill(follower)
-        last = 0
-        for i in range(250):
-            last = await kv.put(leader, f"while-down{i}", b"2")
-        await cluster.start(follower)
+        last = await _write_while_down(cluster, kv, leader, follower, 250)
         await _applied_everywhere(cluster, last, timeout=30)
         states = await cluster.states()
         for name, state in states.items():

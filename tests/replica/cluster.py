@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.replica.kv_machine import KvStateMachine
-from server.raft import Config, NodeId, Role
+from server.raft import Config, Message, MsgType, NodeId, Role
 from server.replica import Replica, open_core
 from server.storage.memory import MemoryRaftStorage
 from server.storage.protocols import RaftStorage
@@ -142,6 +142,20 @@ class Cluster:
 
     def heal(self) -> None:
         self.net.heal()
+
+    def record_sends(self, nid: NodeId, kind: MsgType) -> list[Message]:
+        """Messages of `kind` that `nid` sends from now on (until it restarts)."""
+        transport = self.nodes[nid].transport
+        assert transport is not None, f"{nid} is down"
+        sent: list[Message] = []
+        send = transport.send
+
+        def recording(messages: list[Message]) -> None:
+            sent.extend(m for m in messages if m.type is kind)
+            send(messages)
+
+        transport.send = recording  # type: ignore[method-assign]
+        return sent
 
     async def close(self) -> None:
         for nid, node in self.nodes.items():

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.replica.kv_machine import encode_put
-from server.raft import Role
+from server.raft import MsgType, Role
 from server.replica import NoLeader, ProposalDropped, ReplicaError
 
 from .cluster import TICK, Cluster, eventually, make_cluster
@@ -116,15 +116,7 @@ async def test_concurrent_reads_share_a_barrier_and_each_gets_its_answer() -> No
         follower = cluster.others(leader.id)[0]
         version = await follower.propose(put("k", b"x"))
         assert isinstance(version, int)
-        asked: list[bytes] = []
-        core = follower._core
-        read_index = core.read_index
-
-        def counting(context: bytes) -> None:
-            asked.append(context)
-            read_index(context)
-
-        core.read_index = counting  # type: ignore[method-assign]
+        asked = cluster.record_sends(follower.id, MsgType.READ_INDEX)
         indexes = await asyncio.gather(*(follower.read_barrier() for _ in range(30)))
         assert all(index >= version for index in indexes)
         assert asked, "no barrier was asked for"

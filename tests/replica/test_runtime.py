@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from tests.replica.kv_machine import KvStateMachine, encode_put
-from server.raft import Entry, HardState, Message, MsgType, NodeId
+from server.raft import Entry, HardState, MsgType, NodeId
 from server.replica import Overloaded, Stopped
 from server.replica import replica as replica_module
 from server.storage.memory import MemoryRaftStorage
 
-from .cluster import TICK, Cluster, StorageFactory, eventually, make_cluster
+from .cluster import TICK, StorageFactory, eventually, make_cluster
 
 
 def put(key: str) -> bytes:
@@ -82,21 +82,6 @@ async def test_proposals_arriving_together_share_one_save() -> None:
         assert leader.stats.saves - saves <= 5
 
 
-def record_sends(cluster: Cluster, nid: NodeId, kind: MsgType) -> list[Message]:
-    """Messages of `kind` that `nid` sends from now on."""
-    transport = cluster.nodes[nid].transport
-    assert transport is not None
-    sent: list[Message] = []
-    send = transport.send
-
-    def recording(messages: list[Message]) -> None:
-        sent.extend(m for m in messages if m.type is kind)
-        send(messages)
-
-    transport.send = recording  # type: ignore[method-assign]
-    return sent
-
-
 async def trickle(count: int, call: Callable[[int], Awaitable[object]]) -> list[object]:
     """`count` calls one loop turn apart, as requests reach a node one RPC at a time; the
     first is still out when the others come, so a follower forwarding each turn alone
@@ -120,7 +105,7 @@ async def test_a_follower_forwards_proposals_trickling_in_together_in_few_messag
     async with make_cluster() as cluster:
         leader = await cluster.leader()
         follower = cluster.others(leader.id)[0]
-        forwarded = record_sends(cluster, follower.id, MsgType.PROPOSE)
+        forwarded = cluster.record_sends(follower.id, MsgType.PROPOSE)
         results = await trickle(40, lambda i: follower.propose(put(f"k{i}")))
         assert len(set(results)) == 40 and sum(len(m.entries) for m in forwarded) == 40
         assert len(forwarded) <= 10, f"40 proposals forwarded in {len(forwarded)} messages"
@@ -133,7 +118,7 @@ async def test_a_follower_asks_one_barrier_for_reads_trickling_in_together() -> 
         follower = cluster.others(leader.id)[0]
         index = await follower.propose(put("k"))
         assert isinstance(index, int)
-        asked = record_sends(cluster, follower.id, MsgType.READ_INDEX)
+        asked = cluster.record_sends(follower.id, MsgType.READ_INDEX)
         indexes = await trickle(40, lambda i: follower.read_barrier())
         assert all(isinstance(i, int) and i >= index for i in indexes), indexes
         assert len(asked) <= 10, f"40 reads asked {len(asked)} barriers of the leader"
