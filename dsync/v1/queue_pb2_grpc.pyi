@@ -46,10 +46,10 @@ class QueueServiceStub:
     unless its dead-letter topic already holds that id; then it is renamed
     "<log index as 16 lowercase hex digits>-d<number>".
 
-    Time is counted from the leader's clock reading before the command, so a visibility
-    timeout may end about one clock interval (0.1 s) early; at worst a message is delivered
-    once more, which at-least-once delivery allows, and the receipt keeps the late consumer
-    from settling the new delivery.
+    A visibility timeout or delay counts from the cluster's first clock entry after its
+    command (the leader logs one every 0.1 s), so it never ends before its length has
+    passed since the request was sent: an ack sent in time is never refused because the
+    message was delivered again.  It may last up to about one clock interval longer.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names
@@ -108,10 +108,10 @@ class QueueServiceAsyncStub(QueueServiceStub):
     unless its dead-letter topic already holds that id; then it is renamed
     "<log index as 16 lowercase hex digits>-d<number>".
 
-    Time is counted from the leader's clock reading before the command, so a visibility
-    timeout may end about one clock interval (0.1 s) early; at worst a message is delivered
-    once more, which at-least-once delivery allows, and the receipt keeps the late consumer
-    from settling the new delivery.
+    A visibility timeout or delay counts from the cluster's first clock entry after its
+    command (the leader logs one every 0.1 s), so it never ends before its length has
+    passed since the request was sent: an ack sent in time is never refused because the
+    message was delivered again.  It may last up to about one clock interval longer.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names
@@ -166,10 +166,10 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     unless its dead-letter topic already holds that id; then it is renamed
     "<log index as 16 lowercase hex digits>-d<number>".
 
-    Time is counted from the leader's clock reading before the command, so a visibility
-    timeout may end about one clock interval (0.1 s) early; at worst a message is delivered
-    once more, which at-least-once delivery allows, and the receipt keeps the late consumer
-    from settling the new delivery.
+    A visibility timeout or delay counts from the cluster's first clock entry after its
+    command (the leader logs one every 0.1 s), so it never ends before its length has
+    passed since the request was sent: an ack sent in time is never refused because the
+    message was delivered again.  It may last up to about one clock interval longer.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names

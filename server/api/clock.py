@@ -3,6 +3,11 @@
 While this node leads, it proposes a `Clock` entry every `interval` seconds with its
 term and monotonic reading; leases, visibility timeouts, TTLs and lock waits advance
 with them on every replica alike.  Followers propose nothing.
+
+The reading is taken as the entry is queued, and a leader logs its own proposals ahead
+of the peer messages of the same turn (Replica._step_inputs): so a reading precedes, in
+the log, every command that reached the leader after it was taken, and a deadline that
+starts at the first clock entry after its command starts no earlier than the command.
 """
 
 from __future__ import annotations

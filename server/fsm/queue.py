@@ -15,7 +15,8 @@ The rules (the public contract is documented in protos/dsync/v1/queue.proto):
   joins the back) and its own id, unless that id is taken there (then `renamed_id`).
   Moving never fails and never loses the message: limits apply to publishing only.
 - Time: visibility deadlines and delays fall due in `advance`, when a Clock entry moves
-  state-machine time; nothing here reads a clock.
+  state-machine time; nothing here reads a clock.  Each starts at the first clock entry
+  after its command, never at the stale reading before it (see QueueStore.start).
 
 Each time messages become ready in a topic, `MessagesReady` is emitted so long polls on
 that topic wake up and consume again; the state machine keeps no waiters.
@@ -89,6 +90,7 @@ class QueueMachine:
 
     def advance(self, ctx: ApplyContext) -> None:
         store = self._store
+        store.start(ctx.now_ms)
         store.forget_settled(ctx.now_ms - rules.DEDUP_WINDOW_MS)
         woken: set[str] = set()
         for topic, message in store.due(ctx.now_ms):
@@ -193,7 +195,7 @@ class QueueMachine:
             if text is not None:
                 return _invalid(field, text)
         limit = cmd.max_messages or 1
-        deadline = ctx.now_ms + (cmd.visibility_timeout_ms or rules.DEFAULT_VISIBILITY_MS)
+        visibility_ms = cmd.visibility_timeout_ms or rules.DEFAULT_VISIBILITY_MS
         response = api.ConsumeResponse()
         topic = self._store.topics.get(cmd.topic)
         taken_bytes = 0
@@ -208,7 +210,7 @@ class QueueMachine:
             if message.deliveries > 1:
                 self.redeliveries += 1
             message.receipt = ctx.index
-            self._store.move(topic, message, IN_FLIGHT, deadline, cmd.consumer)
+            self._store.move(topic, message, IN_FLIGHT, visibility_ms, cmd.consumer)
             _deliver(response.messages.add(), message)
         return response
 
@@ -237,7 +239,7 @@ class QueueMachine:
             ctx.emit(MessagesReady(self._dead_letter(topic, message, ctx)))
             return api.NackResponse(dead_lettered=True)
         if cmd.delay_ms:
-            self._store.move(topic, message, DELAYED, ctx.now_ms + cmd.delay_ms)
+            self._store.move(topic, message, DELAYED, cmd.delay_ms)
         else:
             self._store.move(topic, message, READY)
             ctx.emit(MessagesReady(topic.name))
@@ -253,7 +255,7 @@ class QueueMachine:
         if isinstance(found, Refusal):
             return found
         topic, message = found
-        self._store.move(topic, message, IN_FLIGHT, ctx.now_ms + cmd.visibility_timeout_ms, message.consumer)
+        self._store.move(topic, message, IN_FLIGHT, cmd.visibility_timeout_ms, message.consumer)
         return api.ExtendVisibilityResponse()
 
     # ------------------------------------------------------------------ helpers
@@ -335,7 +337,7 @@ def _new_message(entry: queue_pb2.QueueMessage, message_id: str, now_ms: int) ->
         max_deliveries=entry.max_deliveries or rules.DEFAULT_MAX_DELIVERIES,
         entered_ms=now_ms,
         state=DELAYED if entry.delay_ms else READY,
-        due_ms=now_ms + entry.delay_ms if entry.delay_ms else 0,
+        wait_ms=entry.delay_ms,
     )
 
 

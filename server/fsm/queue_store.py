@@ -39,6 +39,7 @@ class Message:
     state: State = READY
     deliveries: int = 0
     due_ms: int = 0  # IN_FLIGHT: its visibility deadline; DELAYED: when it becomes ready
+    wait_ms: int = 0  # IN_FLIGHT or DELAYED before its time starts: see QueueStore.start
     receipt: int = 0  # log index of its latest delivery; 0 before the first
     consumer: str = ""  # its holder while IN_FLIGHT
 
@@ -91,6 +92,8 @@ class QueueStore:
         self.topics: dict[str, Topic] = {}
         # (due_ms, seq, topic, id) of in-flight and delayed messages; lazy, see the module doc.
         self._timers: list[tuple[int, int, str, str]] = []
+        # (topic, id) of messages whose `wait_ms` starts at the next clock entry; lazy too.
+        self._starting: list[tuple[str, str]] = []
         # (topic, id) -> when its message was settled; oldest first, as time only grows.
         self.settled: OrderedDict[tuple[str, str], int] = OrderedDict()
         self.message_count = 0
@@ -124,11 +127,13 @@ class QueueStore:
         if not topic.messages:
             del self.topics[topic.name]
 
-    def move(self, topic: Topic, message: Message, state: State, due_ms: int = 0, consumer: str = "") -> None:
-        """Change a message's state (and deadline and holder) with every index kept in step."""
+    def move(self, topic: Topic, message: Message, state: State, wait_ms: int = 0, consumer: str = "") -> None:
+        """Change a message's state (and holder) with every index kept in step; a timed
+        state (in flight, delayed) lasts `wait_ms` from the next `start`."""
         topic.leave(message)
         message.state = state
-        message.due_ms = due_ms
+        message.due_ms = 0
+        message.wait_ms = wait_ms
         message.consumer = consumer
         topic.enter(message)
         self._timed(topic, message)
@@ -140,8 +145,29 @@ class QueueStore:
 
     # ------------------------------------------------------------------ time
 
+    def start(self, now_ms: int) -> None:
+        """Start the waits set since the previous clock entry: they end `wait_ms` after `now_ms`.
+
+        State-machine time is the latest clock reading, taken before the command that set
+        the wait -- up to a clock interval before, even before its client sent it.
+        Counting from that reading would end a visibility timeout early by the client's
+        own reckoning, so an ack sent in time would find the message delivered again;
+        counting from the next reading never ends it early.
+        """
+        starting, self._starting = self._starting, []
+        for topic_name, message_id in starting:
+            found = self.find(topic_name, message_id)
+            if found is None or not found[1].wait_ms:
+                continue  # settled, made ready, or listed twice: nothing waits any more
+            topic, message = found
+            message.due_ms = now_ms + message.wait_ms
+            message.wait_ms = 0
+            self._timed(topic, message)
+
     def _timed(self, topic: Topic, message: Message) -> None:
-        if message.state in (IN_FLIGHT, DELAYED):
+        if message.wait_ms:
+            self._starting.append((topic.name, message.id))
+        elif message.state in (IN_FLIGHT, DELAYED):
             heapq.heappush(self._timers, (message.due_ms, message.seq, topic.name, message.id))
             if len(self._timers) > 2 * self.message_count + _TIMER_SLACK:
                 self._timers = [entry for entry in self._timers if self._current(entry) is not None]
@@ -200,6 +226,7 @@ class QueueStore:
                     due_ms=m.due_ms,
                     receipt=m.receipt,
                     consumer=m.consumer,
+                    wait_ms=m.wait_ms,
                 )
                 if m.json:
                     stored.json = m.payload
@@ -231,6 +258,7 @@ class QueueStore:
                         due_ms=m.due_ms,
                         receipt=m.receipt,
                         consumer=m.consumer,
+                        wait_ms=m.wait_ms,
                     ),
                 )
         for entry in snap.settled:

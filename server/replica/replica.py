@@ -418,6 +418,14 @@ class Replica:
         fresh = len(self._new_proposals)
         self._stepped_messages = len(self._inbox)
         self._stepped_reads = 0
+        # A leader logs its own proposals ahead of the messages that came in with them, so
+        # its clock reading (server/api/clock.py) precedes in the log every command that
+        # reached it after the reading was taken: deadlines that start at the first clock
+        # entry after their command (fsm/lock.py, fsm/queue_store.py) never start early.
+        # A follower steps messages first: they may name a new leader to forward to.
+        leading = core.role is Role.LEADER
+        if leading:
+            self._step_proposals()
         if self._inbox:
             messages, self._inbox = self._inbox, []
             for message in messages:
@@ -425,11 +433,8 @@ class Replica:
                     fresh += len(message.entries)
                 core.step(message)
         self._stepped_proposals = fresh
-        if self._new_proposals:
-            proposals, self._new_proposals = self._new_proposals, []
-            for proposal in proposals:
-                if not proposal.future.done():  # else its caller gave up before we got to it
-                    self._proposals.taken(proposal, core.propose(proposal.data))
+        if not leading:
+            self._step_proposals()
         if self._new_reads:
             # One barrier for every read that arrived since the last turn: each began
             # before it is asked for, so its answer is a linearizable point for them all.
@@ -443,6 +448,13 @@ class Replica:
             targets, self._transfers = self._transfers, []
             for target in targets:
                 core.transfer_leader(target)
+
+    def _step_proposals(self) -> None:
+        if self._new_proposals:
+            proposals, self._new_proposals = self._new_proposals, []
+            for proposal in proposals:
+                if not proposal.future.done():  # else its caller gave up before we got to it
+                    self._proposals.taken(proposal, self._core.propose(proposal.data))
 
     def _tick(self, now: float, due: float) -> float:
         """Tick once and return when the next tick is due.

@@ -35,7 +35,8 @@ class Entry:
     entered_ms: int
     state: str = "ready"
     deliveries: int = 0
-    due_ms: int = 0
+    due_ms: int = 0  # once started; before, how long the wait lasts
+    started: bool = True  # a wait starts at the next clock entry (advance)
     receipt: int = 0
     consumer: str = ""
 
@@ -61,7 +62,7 @@ class Model:
             self.live.append(
                 Entry(
                     topic, new_id, self.seq, payload, max_deliveries or 5, now,
-                    state="delayed" if delay else "ready", due_ms=now + delay,
+                    state="delayed" if delay else "ready", due_ms=delay, started=not delay,
                 )
             )
             self.seq += 1
@@ -72,9 +73,8 @@ class Model:
         ready = sorted((m for m in self.live if m.topic == topic and m.state == "ready"), key=lambda m: m.seq)
         out = []
         for m in ready[:n]:
-            m.state, m.deliveries, m.receipt, m.due_ms, m.consumer = "in_flight", m.deliveries + 1, index, now + (
-                visibility or 30_000
-            ), "c"
+            m.state, m.deliveries, m.receipt, m.consumer = "in_flight", m.deliveries + 1, index, "c"
+            m.due_ms, m.started = visibility or 30_000, False
             out.append((m.id, m.payload, m.deliveries, f"{index:x}"))
         return out
 
@@ -118,17 +118,20 @@ class Model:
         if self.exhausted(m):
             self.dead_letter(m, index, now)
             return True
-        m.state, m.due_ms, m.consumer = ("delayed", now + delay, "") if delay else ("ready", 0, "")
+        m.state, m.due_ms, m.started, m.consumer = ("delayed", delay, False, "") if delay else ("ready", 0, True, "")
         return False
 
     def extend(self, topic: str, message_id: str, receipt: int, visibility: int, now: int) -> Code | None:
         m = self.check(topic, message_id, receipt, in_flight=True)
         if isinstance(m, Code):
             return m
-        m.due_ms = now + visibility
+        m.due_ms, m.started = visibility, False
         return None
 
     def advance(self, index: int, now: int) -> None:
+        for m in self.live:
+            if not m.started:
+                m.due_ms, m.started = now + m.due_ms, True
         self.settled = {k: v for k, v in self.settled.items() if v > now - rules.DEDUP_WINDOW_MS}
         due = [m for m in self.live if m.state in ("in_flight", "delayed") and m.due_ms <= now]
         for m in sorted(due, key=lambda m: (m.due_ms, m.seq, m.topic, m.id)):
@@ -307,6 +310,7 @@ class Run:
 
     def drain(self) -> None:
         """Let every timeout pass, then consume and ack everything, dead letters included."""
+        self.step(Tick(1))  # the clock entry that starts the waits set since the last one
         self.step(Tick(rules.MAX_VISIBILITY_MS))
         for topic in TOPICS:
             for delivery in self.consume(Consume(topic, rules.MAX_CONSUME_MESSAGES, 0)):

@@ -119,6 +119,7 @@ def test_an_expired_visibility_timeout_redelivers_in_the_original_position_with_
     (delivery,) = q.consume("t", visibility_ms=1000)
     q.publish("t", entry(b"second"))
     q.events.clear()
+    q.tick(50)  # the first clock entry after the consume: the timeout runs from here
     q.tick(999)
     assert q.stats("t").in_flight == 1 and q.events == []
     q.tick(1)
@@ -128,10 +129,36 @@ def test_an_expired_visibility_timeout_redelivers_in_the_original_position_with_
     assert redelivered[0].id == delivery.id and redelivered[0].receipt != delivery.receipt
 
 
+def test_a_visibility_timeout_runs_from_the_first_clock_entry_after_the_consume() -> None:
+    """State-machine time is the latest clock reading, older than the Consume -- maybe older
+    than its client's send.  Counting from it would redeliver the message, and refuse the
+    consumer's ack, before the consumer's own 1000 ms are up."""
+    q = Driver()
+    q.publish("t", entry(id="a"))
+    q.tick(100)
+    (delivery,) = q.consume("t", visibility_ms=1000, consumer="w1")
+    replica = q.copy()  # a snapshot taken before the timeout starts keeps it waiting to start
+    for d in (q, replica):
+        d.tick(80)  # 180: the first reading after the consume; due at 1180
+        d.tick(999)  # 1179: past 100 + 1000
+        assert d.stats("t").in_flight == 1
+        assert d.ack("t", "a", int(delivery.receipt, 16)) == api.AckResponse()
+    q = Driver()
+    q.publish("t", entry(id="a"))
+    q.tick(100)
+    q.consume("t", visibility_ms=1000)
+    q.tick(80)
+    q.tick(999)
+    assert q.consume("t") == []
+    q.tick(1)
+    assert [d.delivery_count for d in q.consume("t")] == [2]
+
+
 def test_the_default_visibility_timeout_is_30_seconds() -> None:
     q = Driver()
     q.publish("t", entry())
     q.consume("t")
+    q.tick(10)
     q.tick(rules.DEFAULT_VISIBILITY_MS - 1)
     assert q.consume("t") == []
     q.tick(1)
@@ -145,7 +172,9 @@ def test_ack_removes_and_names_what_went_wrong() -> None:
     refused(q.ack("t", "a"), Code.FAILED_PRECONDITION, "never delivered")
     (delivery,) = q.consume("t", visibility_ms=100)
     receipt = int(delivery.receipt, 16)
+    q.tick(10)
     q.tick(100)  # expired: back to ready, but not yet redelivered
+    assert q.stats("t").in_flight == 0
     assert q.ack("t", "a", receipt) == api.AckResponse()  # the latest delivery may still settle it
     refused(q.ack("t", "a"), Code.NOT_FOUND)
     assert [d.id for d in q.consume("t")] == ["b"]
@@ -155,6 +184,7 @@ def test_a_stale_receipt_cannot_settle_a_redelivered_message() -> None:
     q = Driver()
     q.publish("t", entry(id="a"))
     (old,) = q.consume("t", visibility_ms=100, consumer="slow")
+    q.tick(10)
     q.tick(100)
     (new,) = q.consume("t", consumer="fast")
     for result in (
@@ -178,21 +208,24 @@ def test_nack_returns_a_message_at_once_or_after_its_delay() -> None:
     assert (q.stats("t").ready, q.stats("t").delayed) == (1, 1)
     refused(q.nack("t", "b"), Code.FAILED_PRECONDITION, "not in flight")
     assert [d.id for d in q.consume("t", max_messages=2)] == ["a"]
+    q.tick(10)
     q.tick(499)
     assert q.consume("t") == []
     q.tick(1)
     assert [(d.id, d.delivery_count) for d in q.consume("t")] == [("b", 2)]
 
 
-def test_extend_visibility_moves_the_deadline_from_now() -> None:
+def test_extend_visibility_replaces_the_deadline_from_the_next_clock_entry() -> None:
     q = Driver()
     q.publish("t", entry(id="a"))
     q.consume("t", visibility_ms=100)
-    q.tick(90)
+    q.tick(10)  # due at 110
+    q.tick(80)
     assert q.extend("t", "a", 100) == api.ExtendVisibilityResponse()
-    q.tick(90)
-    assert q.stats("t").in_flight == 1  # the first deadline passed without effect
-    q.tick(10)
+    q.tick(20)  # 110: starts the new timeout, due at 210; the first deadline passes without effect
+    q.tick(99)
+    assert q.stats("t").in_flight == 1
+    q.tick(1)
     assert q.stats("t").ready == 1
     refused(q.extend("t", "a", 100), Code.FAILED_PRECONDITION, "not in flight")
     refused(q.extend("t", "a", 0), Code.INVALID_ARGUMENT, "visibility_timeout: required")
@@ -205,7 +238,10 @@ def test_a_delayed_publish_is_invisible_until_due_and_cannot_be_acked() -> None:
     assert q.events == [] and q.stats("t").delayed == 1
     assert q.consume("t") == []
     refused(q.ack("t", "later"), Code.FAILED_PRECONDITION, "never delivered")
-    q.tick(1000)
+    q.tick(10)
+    q.tick(999)
+    assert q.events == []
+    q.tick(1)
     assert q.events == [MessagesReady("t")]
     assert [d.id for d in q.consume("t")] == ["later"]
 
@@ -220,6 +256,7 @@ def test_an_exhausted_message_moves_to_the_dead_letter_topic_in_the_same_entry()
         (delivery,) = q.consume("t", visibility_ms=100)
         assert (delivery.id, delivery.delivery_count) == ("p", count)
         q.events.clear()
+        q.tick(10)
         q.tick(100)
     assert q.events == [MessagesReady("t.dlq")]
     assert (q.stats("t").ready, q.stats("t").dead_lettered) == (1, 1)

@@ -193,6 +193,31 @@ async def test_entries_already_on_disk_are_answered_without_waiting_for_the_next
         await second
 
 
+async def test_a_leader_logs_its_own_proposal_ahead_of_a_forwarded_one_that_arrived_after_it() -> None:
+    """The clock's rule (server/api/clock.py): a reading the leader proposed precedes, in the
+    log, every command that reached the leader after it, so deadlines that start at the
+    next clock entry never start before their command was sent."""
+    stores: dict[NodeId, GatedStorage] = {}
+    async with make_cluster(storage=lambda nid: stores.setdefault(nid, GatedStorage())) as cluster:
+        leader = await cluster.leader()
+        follower = cluster.others(leader.id)[0]
+        await follower.propose(put("warm"))
+        disk = stores[leader.id]
+        disk.gate.clear()  # the leader's loop stalls in a save
+        busy = asyncio.ensure_future(leader.propose(put("k0")))
+        await eventually(lambda: bool(disk.held), "the leader's save of k0 is held")
+        own = asyncio.ensure_future(leader.propose(put("reading")))
+        await asyncio.sleep(0)  # queued on the leader now
+        forwards = cluster.record_sends(follower.id, MsgType.PROPOSE)
+        forwarded = asyncio.ensure_future(follower.propose(put("later")))
+        await eventually(lambda: bool(forwards), "the follower forwarded its proposal")
+        for _ in range(5):
+            await asyncio.sleep(0)  # it reaches the leader's inbox, both wait for the same turn
+        disk.gate.set()
+        await busy
+        assert await own < await forwarded, "a command that arrived after the reading was logged before it"
+
+
 async def test_a_long_catch_up_yields_to_the_event_loop_while_applying() -> None:
     async with make_cluster(1) as cluster:
         replica = await cluster.leader()

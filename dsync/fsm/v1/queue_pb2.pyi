@@ -311,6 +311,7 @@ class QueueStoredMessage(_message.Message):
     DUE_MS_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     CONSUMER_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     seq: _builtins.int
     """Order of entry into the topic, unique across topics: delivery order among ready messages."""
@@ -321,11 +322,17 @@ class QueueStoredMessage(_message.Message):
     deliveries: _builtins.int
     state: Global___QueueMessageState.ValueType
     due_ms: _builtins.int
-    """In flight: when the visibility timeout passes; delayed: when it becomes ready."""
+    """In flight: when the visibility timeout passes; delayed: when it becomes ready.  0
+    while `wait_ms` is set.
+    """
     receipt: _builtins.int
     """The log index of its latest delivery; 0 before the first."""
     consumer: _builtins.str
     """Who holds it, while in flight."""
+    wait_ms: _builtins.int
+    """In flight or delayed, but its time has not started: it runs `wait_ms` from the next
+    clock entry, which then sets `due_ms`.
+    """
     def __init__(
         self,
         *,
@@ -340,10 +347,11 @@ class QueueStoredMessage(_message.Message):
         due_ms: _builtins.int = ...,
         receipt: _builtins.int = ...,
         consumer: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["json", b"json", "payload", b"payload", "raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer", b"consumer", "deliveries", b"deliveries", "due_ms", b"due_ms", "entered_ms", b"entered_ms", "id", b"id", "json", b"json", "max_deliveries", b"max_deliveries", "payload", b"payload", "raw", b"raw", "receipt", b"receipt", "seq", b"seq", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumer", b"consumer", "deliveries", b"deliveries", "due_ms", b"due_ms", "entered_ms", b"entered_ms", "id", b"id", "json", b"json", "max_deliveries", b"max_deliveries", "payload", b"payload", "raw", b"raw", "receipt", b"receipt", "seq", b"seq", "state", b"state", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["json", "raw"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
