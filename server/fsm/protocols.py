@@ -20,7 +20,11 @@ class StateMachine(Protocol):
         ...
 
     def snapshot(self) -> bytes:
-        """The whole state, to restore a node from (or to ship to a lagging one)."""
+        """The whole state, to restore a node from (or to ship to a lagging one).
+
+        Called on a worker thread while the node's event loop goes on serving reads;
+        nothing is applied meanwhile.  So it must only read the state, never change it.
+        """
         ...
 
     def restore(self, data: bytes) -> None:

@@ -535,7 +535,12 @@ class Replica:
         core = self._core
         index = self._applied
         began = time.perf_counter()
-        core.compact(index, self._fsm.snapshot())
+        # Serialising a large state takes a while (about 0.2 s for 100,000 cache entries).
+        # On a worker thread it leaves the event loop to the node's other work -- reads,
+        # health, the peer streams -- instead of stalling it.  That is safe because this
+        # loop is the state machine's only writer and applies nothing until the snapshot
+        # is taken; everyone else only reads it.
+        core.compact(index, await asyncio.to_thread(self._fsm.snapshot))
         snapshot = core.log.snapshot
         await self._store_snapshot(snapshot)
         self.stats.snapshots += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -216,6 +217,37 @@ async def test_a_leader_logs_its_own_proposal_ahead_of_a_forwarded_one_that_arri
         disk.gate.set()
         await busy
         assert await own < await forwarded, "a command that arrived after the reading was logged before it"
+
+
+class SlowSnapshots(KvStateMachine):
+    """Snapshots that take a while, as serialising a large state does."""
+
+    def snapshot(self) -> bytes:
+        time.sleep(0.4)
+        return super().snapshot()
+
+
+async def test_taking_a_snapshot_leaves_the_event_loop_free() -> None:
+    async with make_cluster(1, snapshot_entries=5) as cluster:
+        await cluster.crash("n1")
+        replica = await cluster.start("n1", fsm=SlowSnapshots())
+        await cluster.leader()
+        lags: list[float] = []
+
+        async def watch() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                began = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - began - 0.01)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.gather(*(replica.propose(put(f"k{i}")) for i in range(5)))
+            await eventually(lambda: replica.stats.snapshots == 1, "the replica took its snapshot")
+        finally:
+            watcher.cancel()
+        assert max(lags) < 0.2, f"the loop stalled {max(lags):.2f} s while the snapshot was taken"
 
 
 async def test_a_long_catch_up_yields_to_the_event_loop_while_applying() -> None:
