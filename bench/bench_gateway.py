@@ -28,45 +28,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import statistics
-import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import aiohttp
 import uvloop
 
+from bench.harness import (
+    CALL_TIMEOUT_S,
+    ERROR_PAUSE_S,
+    LEADER_TIMEOUT_S,
+    NODES,
+    add_dir_option,
+    running_cluster,
+    windowed_in_process,
+)
 from bench.measure import (
+    DISTURBED_CORES,
+    OTHERS,
+    CpuWindow,
     cluster_pids,
-    cpu_seconds,
     floor_and_others,
-    free_ports,
-    machine_busy_seconds,
     ms,
     percentiles,
-    receive,
+    print_cpu,
 )
 from bench.floors import aiohttp_echo_floor
-from server.cluster import LocalCluster
 
-NODES = 3
 TARGET_RPS = 3000.0
 TARGET_RATIO = 0.25
-CALL_TIMEOUT_S = 5.0
-LEADER_TIMEOUT_S = 30.0
-ERROR_PAUSE_S = 0.01  # after a failed call, so a refusing node is not hammered
-MACHINE = "machine"
-OTHERS = "everything else"
-# Beyond this many cores used by other processes, a run is flagged: its figures mean little.
-DISTURBED_CORES = 0.25
 
 
 def cycle(client: int, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -156,76 +152,16 @@ async def generate(urls: list[str], clients: int, warmup: float, seconds: float,
     return Load(seconds, latencies, errors)
 
 
-def _loadgen_process(conn: Connection, urls: list[str], clients: int, warmup: float, seconds: float) -> None:
-    try:
-        conn.send(uvloop.run(generate(urls, clients, warmup, seconds, conn.send)))
-    except Exception:
-        conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
-
-async def run_load(
-    urls: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
-) -> Load:
-    """`generate` in a spawned process; `mark(phase, pid)` at the window's edges."""
-    ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_loadgen_process, args=(theirs, urls, clients, warmup, seconds), daemon=True)
-    proc.start()
-    theirs.close()
-    assert proc.pid is not None
-    try:
-        for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
-            got = await receive(ours, timeout)
-            if got != phase:
-                raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
-            mark(phase, proc.pid)
-        load = await receive(ours, CALL_TIMEOUT_S + 10)
-        assert isinstance(load, Load)
-        return load
-    finally:
-        ours.close()
-        await asyncio.to_thread(proc.join, 10)
-        if proc.is_alive():
-            proc.kill()
-            await asyncio.to_thread(proc.join)
-
-
 async def one_run(args: argparse.Namespace) -> RunResult:
     floor, floor_others = await floor_and_others(aiohttp_echo_floor, args.clients, args.seconds)
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-gateway-") as data_dir:
-        ports = free_ports(3 * NODES)
-        cluster = LocalCluster(
-            NODES,
-            Path(data_dir),
-            ports[:NODES],
-            ports[NODES : 2 * NODES],
-            ports[2 * NODES :],
-            extra_env={"DOTENV": os.devnull, "LOG_LEVEL": "WARNING"},
-        )
-        try:
-            await cluster.start()
-            leader = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
-            pids = cluster_pids(cluster, leader)
-            samples: dict[str, dict[str, float]] = {}
-
-            def mark(phase: str, loadgen_pid: int) -> None:
-                sample = {label: cpu_seconds(pid) for label, pid in pids.items()}
-                sample["load generator"] = cpu_seconds(loadgen_pid)
-                sample[MACHINE] = machine_busy_seconds()
-                samples[phase] = sample
-
-            load = await run_load([n.http_url for n in cluster], args.clients, args.warmup, args.seconds, mark)
-            if await cluster.wait_for_leader(LEADER_TIMEOUT_S) != leader:
-                print("  note: leadership moved during the run")
-        finally:
-            await cluster.stop()
+    async with running_cluster(args.dir, "bench-gateway-", {"LOG_LEVEL": "WARNING"}) as (cluster, leader):
+        cpu = CpuWindow(cluster_pids(cluster, leader), "load generator")
+        work = partial(generate, [n.http_url for n in cluster], args.clients, args.warmup, args.seconds)
+        load = await windowed_in_process(work, args.warmup, args.seconds, cpu.mark)
+        if await cluster.wait_for_leader(LEADER_TIMEOUT_S) != leader:
+            print("  note: leadership moved during the run")
     everything = [s for samples_ in load.latencies.values() for s in samples_]
     p50, p99 = percentiles(everything)
-    used = {label: (samples["end"][label] - samples["start"][label]) / load.seconds for label in samples["end"]}
-    machine = used.pop(MACHINE)
-    used[OTHERS] = max(machine - sum(used.values()), 0.0)
     return RunResult(
         rps=len(everything) / load.seconds,
         p50=p50,
@@ -234,7 +170,7 @@ async def one_run(args: argparse.Namespace) -> RunResult:
         errors=load.errors,
         floor=floor,
         floor_others=floor_others,
-        cpu=used,
+        cpu=cpu.cores(load.seconds),
     )
 
 
@@ -249,10 +185,7 @@ def print_run(n: int, runs: int, result: RunResult) -> None:
         f"{route} {ms(p50).strip()}/{ms(p99).strip()}" for route, (p50, p99) in result.by_route.items()
     )
     print(f"    p50/p99 by route: {routes}")
-    used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
-    print(f"    CPU, cores: {used}  (total {sum(result.cpu.values()):.2f} of {os.cpu_count()})")
-    flag = f"  DISTURBED (> {DISTURBED_CORES} cores): the figures are unreliable" if result.disturbed else ""
-    print(f"    while the floor was measured, other processes used {result.floor_others:.2f} cores{flag}")
+    print_cpu(result.cpu, result.floor_others, result.disturbed, "the figures are unreliable")
 
 
 def print_median(results: list[RunResult]) -> None:
@@ -278,7 +211,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the window opens")
     parser.add_argument("--clients", type=int, default=50, help="concurrent HTTP clients, spread over the nodes")
     parser.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the nodes' data dirs go")
+    add_dir_option(parser)
     args = parser.parse_args()
     if args.seconds <= 0 or args.warmup < 0 or args.clients < 1 or args.runs < 1:
         parser.error("need --seconds > 0, --warmup >= 0, --clients >= 1 and --runs >= 1")

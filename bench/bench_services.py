@@ -38,18 +38,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import multiprocessing
 import os
 import statistics
-import tempfile
 import time
-import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -57,26 +54,27 @@ from google.protobuf import struct_pb2
 import uvloop
 
 from bench.floors import grpc_echo_floor
-from bench.measure import cpu_seconds, floor_and_others, free_ports, machine_busy_seconds, ms, percentiles, receive
+from bench.harness import (
+    CALL_TIMEOUT_S,
+    ERROR_PAUSE_S,
+    LEADER_TIMEOUT_S,
+    NODES,
+    add_dir_option,
+    add_loadgen_option,
+    receive,
+    running_cluster,
+    spawned,
+)
+from bench.measure import DISTURBED_CORES, cpu_seconds, floor_and_others, machine_busy_seconds, ms, percentiles
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2, lock_pb2, lock_pb2_grpc, queue_pb2, queue_pb2_grpc
-from server.cluster import LocalCluster
 
-NODES = 3
 VALUE = struct_pb2.Value(string_value="v" * 16)
 KEYS_PER_CLIENT = 64
-# A call slower than this counts as an error; it also bounds how far a scenario overruns.
-CALL_TIMEOUT_S = 5.0
 # How long a contended Acquire may wait in the queue: far longer than a round of handoffs.
 HANDOFF_WAIT_S = 10.0
 LEASE_S = 30.0
-LEADER_TIMEOUT_S = 30.0
-# After a failed operation a client pauses, so that a node refusing everything at once is
-# not hammered by a loop that burns the CPU it shares.
-ERROR_PAUSE_S = 0.01
 TARGET_P99_S = 0.050
 TARGET_P99_CLIENTS = 64  # the issue sets the p99 target "at 64 clients"
-# Beyond this many cores used by other processes, a run is flagged: its ratio means little.
-DISTURBED_CORES = 0.25
 
 
 # ---------------------------------------------------------------- the operations
@@ -358,17 +356,6 @@ async def run_plan(plan: Plan, report: Callable[[Result], None]) -> None:
         report(await run_scenario(BY_NAME[name], clients, plan.addresses, plan.warmup, plan.seconds, meter))
 
 
-def _loadgen_process(conn: Connection, plan: Plan) -> None:
-    """Entry point of the load generator's own process: each Result, then None, over `conn`."""
-    try:
-        uvloop.run(run_plan(plan, conn.send))
-        conn.send(None)
-    except Exception:
-        conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
-
 async def _receive(conn: Connection, timeout: float) -> Result | None:
     item = await receive(conn, timeout)
     assert item is None or isinstance(item, Result)
@@ -376,23 +363,12 @@ async def _receive(conn: Connection, timeout: float) -> Result | None:
 
 
 async def run_plan_in_process(plan: Plan, report: Callable[[Result], None]) -> None:
-    """`run_plan` in a spawned process (a fork would inherit this process's gRPC state)."""
-    ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_loadgen_process, args=(theirs, plan), daemon=True)
-    proc.start()
-    theirs.close()
+    """`run_plan` in a spawned process, each Result reported here as it comes, then None."""
     # Start-up and connecting, a scenario's preparation, warm-up and window, and stragglers.
     per_scenario = LEADER_TIMEOUT_S + plan.warmup + plan.seconds + HANDOFF_WAIT_S + CALL_TIMEOUT_S
-    try:
-        while (result := await _receive(ours, per_scenario)) is not None:
+    async with spawned(partial(run_plan, plan)) as (conn, _):
+        while (result := await _receive(conn, per_scenario)) is not None:
             report(result)
-    finally:
-        ours.close()
-        await asyncio.to_thread(proc.join, 10)
-        if proc.is_alive():
-            proc.kill()
-            await asyncio.to_thread(proc.join)
 
 
 # ---------------------------------------------------------------- the cluster side
@@ -415,45 +391,30 @@ async def one_run(args: argparse.Namespace, chosen: list[tuple[Scenario, int]]) 
         run.floors[clients], others = await floor_and_others(grpc_echo_floor, clients, args.seconds)
         run.floor_others = max(run.floor_others, others)
     print("  echo floor: " + ", ".join(f"{n} callers {r:,.0f} req/s" for n, r in run.floors.items()), flush=True)
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-services-") as data_dir:
-        ports = free_ports(3 * NODES)
-        cluster = LocalCluster(
-            NODES,
-            Path(data_dir),
-            ports[:NODES],
-            ports[NODES : 2 * NODES],
-            ports[2 * NODES :],
-            # No stray .env may change what is measured; the node's defaults otherwise.
-            extra_env={"DOTENV": os.devnull, "LOG_LEVEL": "WARNING"},
+    async with running_cluster(args.dir, "bench-services-", {"LOG_LEVEL": "WARNING"}) as (cluster, leader):
+        plan = Plan(
+            [(scenario.name, clients) for scenario, clients in chosen],
+            [node.grpc_address for node in cluster],
+            {
+                f"{node.name} {'leader' if node.name == leader else 'follower'}": node.process.pid
+                for node in cluster
+                if node.process is not None
+            },
+            [int((node.data_dir / "redis" / "redis-server.pid").read_text()) for node in cluster],
+            args.warmup,
+            args.seconds,
         )
-        try:
-            await cluster.start()
-            leader = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
-            plan = Plan(
-                [(scenario.name, clients) for scenario, clients in chosen],
-                [node.grpc_address for node in cluster],
-                {
-                    f"{node.name} {'leader' if node.name == leader else 'follower'}": node.process.pid
-                    for node in cluster
-                    if node.process is not None
-                },
-                [int((node.data_dir / "redis" / "redis-server.pid").read_text()) for node in cluster],
-                args.warmup,
-                args.seconds,
-            )
 
-            def report(result: Result) -> None:
-                result.floor = run.floors[result.clients]
-                run.results.append(result)
-                print_result(result, BY_NAME[result.name])
+        def report(result: Result) -> None:
+            result.floor = run.floors[result.clients]
+            run.results.append(result)
+            print_result(result, BY_NAME[result.name])
 
-            runner = run_plan_in_process if args.loadgen == "process" else run_plan
-            await runner(plan, report)
-            leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
-            if leader_after != leader:
-                print(f"  note: leadership moved from {leader} to {leader_after} during the run")
-        finally:
-            await cluster.stop()
+        runner = run_plan_in_process if args.loadgen == "process" else run_plan
+        await runner(plan, report)
+        leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
+        if leader_after != leader:
+            print(f"  note: leadership moved from {leader} to {leader_after} during the run")
     return run
 
 
@@ -514,11 +475,8 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="callers in every scenario but handoffs")
     parser.add_argument("--contended-clients", type=int, default=16, help="callers in the handoffs scenario")
     parser.add_argument("--only", default=",".join(BY_NAME), help="scenarios to run, comma separated")
-    parser.add_argument(
-        "--loadgen", choices=("process", "inline"), default="process",
-        help="run the callers in their own process, or on this benchmark's event loop",
-    )  # fmt: skip
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the nodes' data dirs go")
+    add_loadgen_option(parser)
+    add_dir_option(parser)
     args = parser.parse_args()
     unknown = [name for name in args.only.split(",") if name not in BY_NAME]
     if unknown:

@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import statistics
-import tempfile
 import time
-import traceback
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -48,37 +45,33 @@ from google.protobuf import struct_pb2
 import uvloop
 
 from bench.floors import grpc_echo_floor
+from bench.harness import (
+    CALL_TIMEOUT_S,
+    ERROR_PAUSE_S,
+    LEADER_TIMEOUT_S,
+    NODES,
+    add_dir_option,
+    add_loadgen_option,
+    running_cluster,
+    windowed_in_process,
+)
 from bench.measure import (
+    DISTURBED_CORES,
+    OTHERS,
+    CpuWindow,
     cluster_pids,
-    cpu_seconds,
     floor_and_others,
-    free_ports,
-    machine_busy_seconds,
     ms,
     percentiles,
-    receive,
+    print_cpu,
 )
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2
-from server.cluster import LocalCluster
 from server.config import APPENDFSYNC_MODES
 
-NODES = 3
 MODES = ("always", "everysec")
 VALUE = "v" * 16
 TARGET_RATIO = 0.6
 TARGET_P99_S = 0.050
-# A Put slower than this counts as an error; it also bounds how long a run can overrun.
-CALL_TIMEOUT_S = 5.0
-LEADER_TIMEOUT_S = 30.0
-# After a failed Put a client pauses, so that a node refusing everything at once
-# (no leader yet, overloaded) is not hammered by a loop that burns the CPU it shares.
-ERROR_PAUSE_S = 0.01
-MACHINE = "machine"
-# What the machine spent beyond the cluster and the load generator: other people's work on
-# a shared machine, the kernel's, and this benchmark's own bookkeeping.
-OTHERS = "everything else"
-# Beyond this many cores used by everything else, a run is flagged: its ratio means little.
-DISTURBED_CORES = 0.25
 
 
 @dataclass
@@ -165,100 +158,25 @@ async def generate(
             await ch.close()
 
 
-def _loadgen_process(conn: Connection, addresses: list[str], clients: int, warmup: float, seconds: float) -> None:
-    """Entry point of the load generator's own process: marks, then the Load, over `conn`."""
-    try:
-        load = uvloop.run(generate(addresses, clients, warmup, seconds, conn.send))
-        conn.send(load)
-    except Exception:
-        conn.send(RuntimeError(f"load generator failed:\n{traceback.format_exc()}"))
-    finally:
-        conn.close()
-
-
-# Runs the load generator somewhere; calls mark(phase, pid of the load generator's process).
-LoadRunner = Callable[[list[str], int, float, float, Callable[[str, int], None]], Awaitable[Load]]
-
-
-async def run_load_inline(
-    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
-) -> Load:
-    """`generate` on this process's event loop, beside the code that watches the cluster."""
-    return await generate(addresses, clients, warmup, seconds, lambda phase: mark(phase, os.getpid()))
-
-
-async def run_load_in_process(
-    addresses: list[str], clients: int, warmup: float, seconds: float, mark: Callable[[str, int], None]
-) -> Load:
-    """`generate` in a spawned process (a fork would inherit this process's gRPC state)."""
-    ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_loadgen_process, args=(theirs, addresses, clients, warmup, seconds), daemon=True)
-    proc.start()
-    theirs.close()
-    assert proc.pid is not None  # set by start()
-    try:
-        # Start-up (interpreter, imports, connecting) plus the warm-up, then the window.
-        for phase, timeout in (("start", LEADER_TIMEOUT_S + warmup), ("end", seconds + CALL_TIMEOUT_S)):
-            got = await receive(ours, timeout)
-            if got != phase:
-                raise RuntimeError(f"load generator sent {got!r}, expected {phase!r}")
-            mark(phase, proc.pid)
-        load = await receive(ours, CALL_TIMEOUT_S + 10)
-        assert isinstance(load, Load)
-        return load
-    finally:
-        ours.close()
-        await asyncio.to_thread(proc.join, 10)
-        if proc.is_alive():
-            proc.kill()
-            await asyncio.to_thread(proc.join)
-
-
 # ---------------------------------------------------------------- the cluster side
 
 
 async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
     floor, floor_others = await floor_and_others(grpc_echo_floor, args.clients, args.seconds)
-    with tempfile.TemporaryDirectory(dir=root, prefix=f"bench-writes-{mode}-") as data_dir:
-        ports = free_ports(3 * NODES)
-        cluster = LocalCluster(
-            NODES,
-            Path(data_dir),
-            ports[:NODES],
-            ports[NODES : 2 * NODES],
-            ports[2 * NODES :],
-            # No stray .env may change what is measured; the node's defaults otherwise.
-            extra_env={"REDIS_APPENDFSYNC": mode, "DOTENV": os.devnull},
-        )
-        try:
-            await cluster.start()
-            leader = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
-            pids = cluster_pids(cluster, leader)
-            loadgen = f"load generator ({args.loadgen})"
-            samples: dict[str, dict[str, float]] = {}
-
-            def mark(phase: str, loadgen_pid: int) -> None:
-                sample = {label: cpu_seconds(pid) for label, pid in pids.items()}
-                sample[loadgen] = cpu_seconds(loadgen_pid)
-                sample[MACHINE] = machine_busy_seconds()
-                samples[phase] = sample
-
-            addresses = [node.grpc_address for node in cluster]
-            run_load: LoadRunner = run_load_in_process if args.loadgen == "process" else run_load_inline
-            load = await run_load(addresses, args.clients, args.warmup, args.seconds, mark)
-            leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
-            if leader_after != leader:
-                print(f"  note: leadership moved from {leader} to {leader_after} during the run")
-        finally:
-            await cluster.stop()
+    async with running_cluster(root, f"bench-writes-{mode}-", {"REDIS_APPENDFSYNC": mode}) as (cluster, leader):
+        cpu = CpuWindow(cluster_pids(cluster, leader), f"load generator ({args.loadgen})")
+        work = partial(generate, [node.grpc_address for node in cluster], args.clients, args.warmup, args.seconds)
+        if args.loadgen == "process":
+            load = await windowed_in_process(work, args.warmup, args.seconds, cpu.mark)
+        else:  # on this process's event loop, beside the code that watches the cluster
+            load = await work(lambda phase: cpu.mark(phase, os.getpid()))
+        leader_after = await cluster.wait_for_leader(LEADER_TIMEOUT_S)
+        if leader_after != leader:
+            print(f"  note: leadership moved from {leader} to {leader_after} during the run")
     leader_address = cluster.node(leader).grpc_address
     everything = [s for samples_ in load.latencies.values() for s in samples_]
     p50, p99 = percentiles(everything)
     forwarded = [s for address, samples_ in load.latencies.items() if address != leader_address for s in samples_]
-    used = {label: (samples["end"][label] - samples["start"][label]) / load.seconds for label in samples["end"]}
-    machine = used.pop(MACHINE)
-    used[OTHERS] = max(machine - sum(used.values()), 0.0)
     return RunResult(
         writes_per_s=len(everything) / load.seconds,
         p50=p50,
@@ -268,7 +186,7 @@ async def one_run(mode: str, args: argparse.Namespace, root: Path) -> RunResult:
         errors=load.errors,
         floor=floor,
         floor_others=floor_others,
-        cpu=used,
+        cpu=cpu.cores(load.seconds),
     )
 
 
@@ -286,10 +204,7 @@ def print_run(n: int, runs: int, result: RunResult) -> None:
         f"    via leader p50/p99 {ms(result.via_leader[0])} / {ms(result.via_leader[1])};"
         f"  via followers {ms(result.via_followers[0])} / {ms(result.via_followers[1])}"
     )
-    used = "  ".join(f"{label} {cores:.2f}" for label, cores in result.cpu.items())
-    print(f"    CPU, cores: {used}  (total {sum(result.cpu.values()):.2f} of {os.cpu_count()})")
-    flag = f"  DISTURBED (> {DISTURBED_CORES} cores): the ratio is unreliable" if result.disturbed else ""
-    print(f"    while the floor was measured, other processes used {result.floor_others:.2f} cores{flag}")
+    print_cpu(result.cpu, result.floor_others, result.disturbed, "the ratio is unreliable")
 
 
 def print_median(mode: str, results: list[RunResult]) -> None:
@@ -316,11 +231,8 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent Put callers, spread over the nodes")
     parser.add_argument("--runs", type=int, default=3, help="runs per mode; the median is reported")
     parser.add_argument("--modes", default=",".join(MODES), help="appendfsync modes, comma separated")
-    parser.add_argument(
-        "--loadgen", choices=("process", "inline"), default="process",
-        help="run the callers in their own process, or on this benchmark's event loop",
-    )  # fmt: skip
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the nodes' data dirs go")
+    add_loadgen_option(parser)
+    add_dir_option(parser)
     args = parser.parse_args()
     modes = args.modes.split(",")
     for mode in modes:

@@ -1,9 +1,9 @@
-"""What every cluster benchmark measures the same way: ports, CPU use from /proc,
-percentiles, the floor next to the other processes' load, and the load generator's pipe."""
+"""What every cluster benchmark measures the same way: ports, CPU use from /proc over the
+measured window (and how it is printed), percentiles, and the floor next to the other
+processes' load."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import socket
@@ -11,11 +11,16 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
-from multiprocessing.connection import Connection
 
 from server.cluster import LocalCluster
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+_MACHINE = "machine"
+# What the machine spent beyond the processes sampled: other people's work on a shared
+# machine, the kernel's, and the benchmark's own bookkeeping.
+OTHERS = "everything else"
+# Beyond this many cores used by other processes, a run is flagged: its figures mean little.
+DISTURBED_CORES = 0.25
 
 
 def free_ports(count: int) -> list[int]:
@@ -64,6 +69,41 @@ def cluster_pids(cluster: LocalCluster, leader: str) -> dict[str, int]:
     return pids
 
 
+class CpuWindow:
+    """CPU seconds of the cluster's processes, the load generator and the whole machine at
+    the measured window's edges: the cluster's figures are what it achieved on what it got."""
+
+    def __init__(self, pids: dict[str, int], loadgen: str) -> None:
+        self._pids = pids  # label -> pid, as `cluster_pids` gives them
+        self._loadgen = loadgen  # the load generator's label
+        self._samples: dict[str, dict[str, float]] = {}
+
+    def mark(self, phase: str, loadgen_pid: int) -> None:
+        """Sample at the window's "start" or "end"; the load generator says which, and its pid."""
+        sample = {label: cpu_seconds(pid) for label, pid in self._pids.items()}
+        sample[self._loadgen] = cpu_seconds(loadgen_pid)
+        sample[_MACHINE] = machine_busy_seconds()
+        self._samples[phase] = sample
+
+    def cores(self, seconds: float) -> dict[str, float]:
+        """Label -> cores used in a window of `seconds`; OTHERS is what the machine used beyond."""
+        start, end = self._samples["start"], self._samples["end"]
+        used = {label: (end[label] - start[label]) / seconds for label in end}
+        machine = used.pop(_MACHINE)
+        used[OTHERS] = max(machine - sum(used.values()), 0.0)
+        return used
+
+
+def print_cpu(cpu: dict[str, float], floor_others: float, disturbed: bool, unreliable: str) -> None:
+    """Under a run's figures, what they were achieved on: each process's cores in the window,
+    and the other processes' load while the floor was measured, `unreliable` said if either
+    disturbed the run."""
+    used = "  ".join(f"{label} {cores:.2f}" for label, cores in cpu.items())
+    print(f"    CPU, cores: {used}  (total {sum(cpu.values()):.2f} of {os.cpu_count()})")
+    flag = f"  DISTURBED (> {DISTURBED_CORES} cores): {unreliable}" if disturbed else ""
+    print(f"    while the floor was measured, other processes used {floor_others:.2f} cores{flag}")
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     """(p50, p99) in seconds; NaN without enough samples."""
     if len(samples) < 2:
@@ -75,15 +115,3 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:6.1f} ms"
 
-
-async def receive(conn: Connection, timeout: float) -> object:
-    """The load generator's next report; its exception re-raised here."""
-    try:
-        if not await asyncio.to_thread(conn.poll, timeout):
-            raise TimeoutError(f"the load generator sent nothing for {timeout:.0f} s")
-        item = conn.recv()
-    except EOFError:
-        raise RuntimeError("the load generator process died without a word") from None
-    if isinstance(item, Exception):
-        raise item
-    return item
