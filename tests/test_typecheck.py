@@ -1,4 +1,5 @@
-"""The server type-checks under mypy --strict; generated stubs ship .pyi files for it."""
+"""The server, the client SDK and the benchmarks type-check under mypy --strict; generated
+stubs ship .pyi files for it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_server_passes_mypy_strict() -> None:
+def test_server_client_and_benchmarks_pass_mypy_strict() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "server"],
+        [sys.executable, "-m", "mypy", "--strict", "server", "client", "bench"],
         cwd=ROOT,
         capture_output=True,
         text=True,
