@@ -33,8 +33,8 @@ class PutRequest(_message.Message):
     applied (at millisecond granularity, rounded up).  0 or absent: never expires.
     At most 2,592,000 (30 days).  Cluster time stands still while no leader is elected,
     so an entry may outlive its ttl.  Cluster time is the latest clock reading (the
-    leader logs one every 0.1 s), so an entry may also expire up to one clock interval
-    before ttl has passed since the Put was sent -- a miss, never a wrong value.
+    leader logs one about every 0.1 s), so an entry may also expire up to the gap between
+    readings before ttl has passed since the Put was sent -- a miss, never a wrong value.
     """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader:

@@ -46,9 +46,11 @@ class QueueServiceStub:
     "<log index as 16 lowercase hex digits>-d<number>".
 
     A visibility timeout or delay counts from the cluster's first clock entry after its
-    command (the leader logs one every 0.1 s), so it never ends before its length has
-    passed since the request was sent: an ack sent in time is never refused because the
-    message was delivered again.  It may last up to about one clock interval longer.
+    command (the leader logs one about every 0.1 s), so it never ends before its length has
+    passed since the request reached the leader, and an ack, nack or extension that reaches
+    the leader before it ends is applied before the message can be delivered again.  It may
+    last longer: by up to the gap between clock entries, and cluster time stands still while
+    no leader is elected.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names
@@ -123,9 +125,11 @@ class QueueServiceServicer:
     "<log index as 16 lowercase hex digits>-d<number>".
 
     A visibility timeout or delay counts from the cluster's first clock entry after its
-    command (the leader logs one every 0.1 s), so it never ends before its length has
-    passed since the request was sent: an ack sent in time is never refused because the
-    message was delivered again.  It may last up to about one clock interval longer.
+    command (the leader logs one about every 0.1 s), so it never ends before its length has
+    passed since the request reached the leader, and an ack, nack or extension that reaches
+    the leader before it ends is applied before the message can be delivered again.  It may
+    last longer: by up to the gap between clock entries, and cluster time stands still while
+    no leader is elected.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names
@@ -257,9 +261,11 @@ class QueueService:
     "<log index as 16 lowercase hex digits>-d<number>".
 
     A visibility timeout or delay counts from the cluster's first clock entry after its
-    command (the leader logs one every 0.1 s), so it never ends before its length has
-    passed since the request was sent: an ack sent in time is never refused because the
-    message was delivered again.  It may last up to about one clock interval longer.
+    command (the leader logs one about every 0.1 s), so it never ends before its length has
+    passed since the request reached the leader, and an ack, nack or extension that reaches
+    the leader before it ends is applied before the message can be delivered again.  It may
+    last longer: by up to the gap between clock entries, and cluster time stands still while
+    no leader is elected.
 
     Names: a topic is 1..252 bytes of [A-Za-z0-9._:/-] (up to 256 if it ends in ".dlq"),
     so that every topic's dead-letter topic is a valid topic too.  Ids and consumer names

@@ -4,10 +4,12 @@ While this node leads, it proposes a `Clock` entry every `interval` seconds with
 term and monotonic reading; leases, visibility timeouts, TTLs and lock waits advance
 with them on every replica alike.  Followers propose nothing.
 
-The reading is taken as the entry is queued, and a leader logs its own proposals ahead
-of the peer messages of the same turn (Replica._step_inputs): so a reading precedes, in
-the log, every command that reached the leader after it was taken, and a deadline that
-starts at the first clock entry after its command starts no earlier than the command.
+The reading is taken as the entry is queued, and a leader logs its own and forwarded
+proposals in the order they reached it (Replica._step_commands): so a reading follows, in
+the log, every command that arrived before it was taken and precedes every one that
+arrived after.  A deadline that starts at the first clock entry after its command starts
+no earlier than the command arrived, and a refresh that arrived before the reading that
+ends a lease is applied first.
 """
 
 from __future__ import annotations

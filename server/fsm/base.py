@@ -47,6 +47,14 @@ class ApplyContext:
 
 
 class Component(Protocol):
+    """One service's share of the replicated state.
+
+    Only `apply`, `advance` and `restore` change it, and only the replica calls them.
+    Everything else a component offers (the services' reads, `snapshot`) must leave it
+    untouched -- no lazy clean-up: `snapshot` runs on a worker thread while the event loop
+    goes on serving those reads.
+    """
+
     def apply(self, command: bytes, ctx: ApplyContext) -> Result:
         """Apply one of this component's commands (its own protobuf, serialized)."""
         ...

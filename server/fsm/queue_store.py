@@ -146,7 +146,7 @@ class QueueStore:
     # ------------------------------------------------------------------ time
 
     def start(self, now_ms: int) -> None:
-        """Start the waits set since the previous clock entry: they end `wait_ms` after `now_ms`.
+        """Start the waits set since time last moved: they end `wait_ms` after `now_ms`.
 
         State-machine time is the latest clock reading, taken before the command that set
         the wait -- up to a clock interval before, even before its client sent it.

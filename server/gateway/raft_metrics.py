@@ -98,7 +98,7 @@ class RaftCollector(Collector):
         )
         yield CounterMetricFamily(
             "dsync_raft_snapshot_seconds",
-            "Time spent taking and saving snapshots and compacting the log (the event loop waits for the first).",
+            "Time spent taking and saving snapshots and compacting the log (Raft waits for it all).",
             value=stats.snapshot_seconds,
         )
         yield CounterMetricFamily(

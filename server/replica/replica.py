@@ -96,8 +96,8 @@ class Replica:
     propose_timeout: the longest a proposal or read barrier waits for its answer.
     snapshot_entries: entries applied past the latest snapshot before the next one is
         taken and the log compacted: bounds the log's memory and storage, and what a
-        restart replays, at the cost of serialising the state machine (on the event
-        loop) that often.
+        restart replays, at the cost of serialising the state machine (on a worker
+        thread, while this replica waits) that often.
     """
 
     def __init__(
@@ -141,6 +141,8 @@ class Replica:
         # Inputs queued for the loop, stepped into the core at the top of its next turn.
         self._inbox: list[Message] = []
         self._new_proposals: list[Proposal] = []
+        # Forwarded proposals (PROPOSE), each with how many of our own were queued before it.
+        self._forwarded: list[tuple[int, Message]] = []
         self._new_reads: list[bytes] = []
         self._read_batches: dict[bytes, list[bytes]] = {}  # a barrier's context -> the reads sharing it
         self._transfers: list[NodeId] = []
@@ -189,7 +191,12 @@ class Replica:
     def inbox(self, messages: list[Message]) -> None:
         """The transport's `Inbox`: queue peer messages for the loop.  Never blocks."""
         if self._closed is None:
-            self._inbox.extend(messages)
+            own = len(self._new_proposals)
+            for message in messages:
+                if message.type is MsgType.PROPOSE:
+                    self._forwarded.append((own, message))
+                else:
+                    self._inbox.append(message)
             self._wake.set()
 
     async def propose(self, command: bytes) -> object:
@@ -415,26 +422,14 @@ class Replica:
 
     def _step_inputs(self) -> None:
         core = self._core
-        fresh = len(self._new_proposals)
-        self._stepped_messages = len(self._inbox)
+        self._stepped_messages = len(self._inbox) + len(self._forwarded)
         self._stepped_reads = 0
-        # A leader logs its own proposals ahead of the messages that came in with them, so
-        # its clock reading (server/api/clock.py) precedes in the log every command that
-        # reached it after the reading was taken: deadlines that start at the first clock
-        # entry after their command (fsm/lock.py, fsm/queue_store.py) never start early.
-        # A follower steps messages first: they may name a new leader to forward to.
-        leading = core.role is Role.LEADER
-        if leading:
-            self._step_proposals()
+        # Messages that carry no command first: one may name a new leader to forward to.
         if self._inbox:
             messages, self._inbox = self._inbox, []
             for message in messages:
-                if message.type is MsgType.PROPOSE:
-                    fresh += len(message.entries)
                 core.step(message)
-        self._stepped_proposals = fresh
-        if not leading:
-            self._step_proposals()
+        self._step_commands()
         if self._new_reads:
             # One barrier for every read that arrived since the last turn: each began
             # before it is asked for, so its answer is a linearizable point for them all.
@@ -449,12 +444,31 @@ class Replica:
             for target in targets:
                 core.transfer_leader(target)
 
-    def _step_proposals(self) -> None:
-        if self._new_proposals:
-            proposals, self._new_proposals = self._new_proposals, []
-            for proposal in proposals:
+    def _step_commands(self) -> None:
+        """Our own proposals and forwarded ones, in the order they reached this node.
+
+        On a leader that order is the log's, so a clock reading (server/api/clock.py) sits
+        after every command that arrived before it was taken and before every command that
+        arrived after: a deadline that starts at the next clock entry after its command
+        starts no earlier than the command arrived, and a refresh or extension that arrived
+        before a deadline's reading is applied before the deadline passes.
+        """
+        core = self._core
+        proposals, self._new_proposals = self._new_proposals, []
+        forwarded, self._forwarded = self._forwarded, []
+        fresh = len(proposals)
+        stepped = 0  # forwarded ones
+        for position in range(len(proposals) + 1):  # every mark is at most len(proposals)
+            while stepped < len(forwarded) and forwarded[stepped][0] <= position:
+                message = forwarded[stepped][1]
+                fresh += len(message.entries)
+                core.step(message)
+                stepped += 1
+            if position < len(proposals):
+                proposal = proposals[position]
                 if not proposal.future.done():  # else its caller gave up before we got to it
-                    self._proposals.taken(proposal, self._core.propose(proposal.data))
+                    self._proposals.taken(proposal, core.propose(proposal.data))
+        self._stepped_proposals = fresh
 
     def _tick(self, now: float, due: float) -> float:
         """Tick once and return when the next tick is due.
@@ -628,6 +642,7 @@ class Replica:
                 )
         self._reads.fail_all(lambda: Stopped(f"{reason}: retry the read on another node", leader=leader))
         self._inbox.clear()
+        self._forwarded.clear()
         self._new_proposals.clear()
         self._new_reads.clear()
         self._read_batches.clear()

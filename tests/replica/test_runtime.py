@@ -194,10 +194,11 @@ async def test_entries_already_on_disk_are_answered_without_waiting_for_the_next
         await second
 
 
-async def test_a_leader_logs_its_own_proposal_ahead_of_a_forwarded_one_that_arrived_after_it() -> None:
-    """The clock's rule (server/api/clock.py): a reading the leader proposed precedes, in the
-    log, every command that reached the leader after it, so deadlines that start at the
-    next clock entry never start before their command was sent."""
+@pytest.mark.parametrize("own_first", [True, False])
+async def test_a_leader_logs_its_own_and_forwarded_proposals_in_the_order_they_arrived(own_first: bool) -> None:
+    """The clock's rule (server/api/clock.py): a reading the leader proposed sits, in the log,
+    after every command that reached the leader before it and before every command that
+    reached it after -- even when both wait for the same turn of a stalled loop."""
     stores: dict[NodeId, GatedStorage] = {}
     async with make_cluster(storage=lambda nid: stores.setdefault(nid, GatedStorage())) as cluster:
         leader = await cluster.leader()
@@ -207,16 +208,27 @@ async def test_a_leader_logs_its_own_proposal_ahead_of_a_forwarded_one_that_arri
         disk.gate.clear()  # the leader's loop stalls in a save
         busy = asyncio.ensure_future(leader.propose(put("k0")))
         await eventually(lambda: bool(disk.held), "the leader's save of k0 is held")
-        own = asyncio.ensure_future(leader.propose(put("reading")))
-        await asyncio.sleep(0)  # queued on the leader now
         forwards = cluster.record_sends(follower.id, MsgType.PROPOSE)
-        forwarded = asyncio.ensure_future(follower.propose(put("later")))
-        await eventually(lambda: bool(forwards), "the follower forwarded its proposal")
-        for _ in range(5):
-            await asyncio.sleep(0)  # it reaches the leader's inbox, both wait for the same turn
+
+        async def forward() -> asyncio.Future[object]:
+            sent = asyncio.ensure_future(follower.propose(put("forwarded")))
+            await eventually(lambda: bool(forwards), "the follower forwarded its proposal")
+            for _ in range(5):
+                await asyncio.sleep(0)  # it reaches the leader's inbox
+            return sent
+
+        if own_first:
+            own = asyncio.ensure_future(leader.propose(put("own")))
+            await asyncio.sleep(0)  # queued on the leader now
+            forwarded = await forward()
+        else:
+            forwarded = await forward()
+            own = asyncio.ensure_future(leader.propose(put("own")))
+            await asyncio.sleep(0)
         disk.gate.set()
         await busy
-        assert await own < await forwarded, "a command that arrived after the reading was logged before it"
+        indexes = (await own, await forwarded) if own_first else (await forwarded, await own)
+        assert indexes[0] < indexes[1], "the command that arrived second was logged first"
 
 
 class SlowSnapshots(KvStateMachine):
