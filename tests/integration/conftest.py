@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -19,6 +22,22 @@ TICK_MS = 50
 ELECTION_TICKS = 10
 # The longest randomized election timeout: the core draws from [E, 2E) ticks.
 ELECTION_TIMEOUT_S = 2 * ELECTION_TICKS * TICK_MS / 1000
+POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+async def poll(probe: Callable[[], Awaitable[T]], done: Callable[[T], object], what: str, timeout: float) -> T:
+    """Await `probe()` every POLL_S until `done(result)`; return that result.
+
+    Fails after `timeout` seconds naming `what` and the last result, which is usually the
+    clue to why it never came.
+    """
+    deadline = time.monotonic() + timeout
+    while not done(result := await probe()):
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}; last seen: {result!r}"
+        await asyncio.sleep(POLL_S)
+    return result
 
 
 def free_ports(count: int) -> list[int]:

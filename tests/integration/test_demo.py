@@ -7,7 +7,6 @@ another node, see the new leader in /raft/state, restart the old one and watch i
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 
 from server.cluster import LocalCluster
+from tests.integration.conftest import poll
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +50,6 @@ class Demo:
         except aiohttp.ClientError:
             return None
         return answer if status == 200 else None
-
-    async def until(self, what: str, check: Any) -> Any:
-        """Poll the coroutine function `check` until it returns something truthy."""
-        deadline = time.monotonic() + DEADLINE_S
-        while not (found := await check()):
-            assert time.monotonic() < deadline, f"not within {DEADLINE_S} s: {what}"
-            await asyncio.sleep(0.05)
-        return found
 
 
 @pytest.fixture
@@ -136,7 +128,7 @@ async def test_the_guides_demo_flow_over_http(demo: Demo) -> None:
         assert status in (200, 503), answer  # 503: no leader yet, retry
         return answer if status == 200 else None
 
-    after = await demo.until("a publish through a survivor", publish)
+    after = await poll(publish, bool, "a publish through a survivor", DEADLINE_S)
     assert after["duplicate"] is False
 
     async def new_leader() -> str | None:
@@ -145,7 +137,8 @@ async def test_the_guides_demo_flow_over_http(demo: Demo) -> None:
         found = leaders.pop() if len(leaders) == 1 and None not in states else ""
         return found if found and found != leader else None
 
-    elected = await demo.until("a new leader in /raft/state", new_leader)
+    elected = await poll(new_leader, bool, "a new leader in /raft/state", DEADLINE_S)
+    assert elected is not None
     state = await demo.state(survivor)
     assert state is not None and state["leader_http"] == demo.cluster.node(elected).http_url
     caught_up = state["commit_index"]  # covers the publish
@@ -161,7 +154,7 @@ async def test_the_guides_demo_flow_over_http(demo: Demo) -> None:
         ok = state is not None and state["role"] == "follower" and state["leader"] == elected
         return state if ok and state is not None and state["applied_index"] >= caught_up else None
 
-    await demo.until(f"{leader} following {elected} again, caught up", rejoined)
+    await poll(rejoined, bool, f"{leader} following {elected} again, caught up", DEADLINE_S)
     status, health = await demo.get(leader, "/health")
     assert (status, health) == (200, {"status": "ok", "reason": f"following {elected}"})
     taken = await demo.ok(leader, "/queue/consume", {"topic": "after", "consumer": "c2", "max_messages": 10})

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from server.cluster import LocalCluster
-from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv
+from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, poll
 
 pytestmark = pytest.mark.integration
 
@@ -52,13 +52,11 @@ async def wait_for_state(
     cluster: LocalCluster, name: str, holds: str, check: Callable[[State], bool], timeout: float
 ) -> State:
     """Poll `name`'s /raft/state until `check(state)` is true; fail saying `holds` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await asyncio.to_thread(cluster.state, name)
-        if state is not None and check(state):
-            return state
-        assert time.monotonic() < deadline, f"{name}: not {holds} within {timeout} s; last state {state}"
-        await asyncio.sleep(0.05)
+    state = await poll(
+        lambda: asyncio.to_thread(cluster.state, name), lambda s: s is not None and check(s), f"{name} {holds}", timeout
+    )
+    assert state is not None
+    return state
 
 
 def link_up(cluster: LocalCluster, name: str, peer: str) -> bool:

@@ -14,19 +14,16 @@ import grpc
 import pytest
 
 from server.cluster import LocalCluster
-from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster
+from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
 
 pytestmark = pytest.mark.integration
 
 
 async def _applied_everywhere(cluster: LocalCluster, index: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = await cluster.states()
-        if all(s is not None and int(s["applied_index"]) >= index for s in states.values()):  # type: ignore[call-overload]
-            return
-        assert time.monotonic() < deadline, f"not applied everywhere: {states}"
-        await asyncio.sleep(0.05)
+    def applied(states: dict[str, dict[str, object] | None]) -> bool:
+        return all(s is not None and int(s["applied_index"]) >= index for s in states.values())  # type: ignore[call-overload]
+
+    await poll(cluster.states, applied, f"index {index} applied everywhere", timeout)
 
 
 async def test_writes_through_any_node_are_applied_on_every_node(cluster: LocalCluster, kv: Kv) -> None:

@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2, lock_pb2, lock_pb2_grpc, queue_pb2, queue_pb2_grpc
 from server.cluster import LocalCluster
-from tests.integration.conftest import ELECTION_TIMEOUT_S
+from tests.integration.conftest import ELECTION_TIMEOUT_S, POLL_S, poll
 
 if TYPE_CHECKING:
     from dsync.v1.cache_pb2_grpc import CacheServiceAsyncStub
@@ -51,7 +51,6 @@ CALL_TIMEOUT_S = 2.0
 GIVE_UP_S = 20.0
 # Between attempts, so a node refusing at once (no leader yet) is not hammered.
 RETRY_PAUSE_S = 0.05
-POLL_S = 0.05
 # The share of writes sent a second time with the same header (see Nodes.write).
 REPLAY_SHARE = 0.2
 
@@ -161,12 +160,13 @@ class Session:
         return common_pb2.RequestHeader(client_id=self.client_id, sequence=self.sequence)
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = PHASE_TIMEOUT_S) -> None:
-    """Until `condition()` holds; fails naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        await asyncio.sleep(POLL_S)
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Until `condition()` holds; fails naming `what` after PHASE_TIMEOUT_S."""
+
+    async def holds() -> bool:
+        return condition()
+
+    await poll(holds, bool, what, PHASE_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------- locks
