@@ -18,8 +18,7 @@ from typing import Any, TypeVar, cast
 
 import uvloop
 
-from bench.measure import free_ports
-from server.cluster import LocalCluster
+from server.cluster import LocalCluster, free_ports
 
 NODES = 3
 # A call slower than this counts as an error; it also bounds how long a run can overrun.

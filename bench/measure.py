@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 
 from server.cluster import LocalCluster
 
@@ -21,15 +19,6 @@ _MACHINE = "machine"
 OTHERS = "everything else"
 # Beyond this many cores used by other processes, a run is flagged: its figures mean little.
 DISTURBED_CORES = 0.25
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; held together so they are distinct."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -15,15 +15,27 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
 from server.raft.quorum import majority
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports the kernel just handed out, held together so they are distinct: for
+    clusters that must not collide with others started alongside (tests, benchmarks)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 @dataclass

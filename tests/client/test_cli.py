@@ -19,7 +19,7 @@ import pytest
 
 from dsync_client.cli import main
 from tests.client.conftest import RunningCluster
-from tests.integration.conftest import free_ports
+from server.cluster import free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 
 from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc, common_pb2
 from dsync_client import AsyncClient, Client, RetryPolicy, Unavailable, VersionMismatch
-from tests.integration.conftest import free_ports
+from server.cluster import free_ports
 
 MAYBE_COMMITTED = "the leader did not confirm the proposal in time; it may still commit: retry with the same request id"
 

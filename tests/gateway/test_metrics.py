@@ -24,7 +24,7 @@ from server.gateway.request_metrics import RequestCollector
 from server.gateway.service_metrics import ServiceCollector
 from server.node import Node
 from tests.gateway.conftest import Gateways
-from tests.integration.conftest import free_ports
+from server.cluster import free_ports
 from tests.replica.cluster import eventually
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]

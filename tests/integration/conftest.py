@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,7 +14,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from dsync.v1 import cache_pb2, cache_pb2_grpc, common_pb2
-from server.cluster import LocalCluster
+from server.cluster import LocalCluster, free_ports
 
 TICK_MS = 50
 ELECTION_TICKS = 10
@@ -38,15 +36,6 @@ async def poll(probe: Callable[[], Awaitable[T]], done: Callable[[T], object], w
         assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}; last seen: {result!r}"
         await asyncio.sleep(POLL_S)
     return result
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; held together so they are distinct."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def make_cluster(tmp_path: Path, nodes: int = 3, **env: str) -> LocalCluster:

@@ -151,7 +151,7 @@ def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedP
 def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    from tests.integration.conftest import free_ports
+    from server.cluster import free_ports
 
     grpc_port, http_port, metrics_port = free_ports(3)
     base = {
@@ -170,7 +170,7 @@ def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
 def test_a_node_whose_port_is_taken_exits_naming_the_variable(tmp_path: Path) -> None:
     import socket
 
-    from tests.integration.conftest import free_ports
+    from server.cluster import free_ports
 
     grpc_port, metrics_port = free_ports(2)
     with socket.socket() as holder:
