@@ -17,7 +17,7 @@ TTLs run on state-machine time (`ApplyContext.now_ms`): an entry expires in the
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -166,6 +166,19 @@ class CacheMachine:
         Entries beyond this node's limits (a snapshot taken under larger ones) are evicted
         at once, in eviction order, so the limits hold from the first apply on.
         """
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        twin = CacheMachine(self.max_entries, self.max_bytes, self.policy)
+        twin._load(data)
+
+        def install() -> None:
+            self._entries, self._order, self._bytes, self._expiry = twin._entries, twin._order, twin._bytes, twin._expiry
+            self.evictions += twin.evictions
+
+        return install
+
+    def _load(self, data: bytes) -> None:
         try:
             snap = fsm_pb2.CacheSnapshot.FromString(data)
         except DecodeError as exc:

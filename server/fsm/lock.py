@@ -38,6 +38,7 @@ still listens.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -168,6 +169,20 @@ class LockMachine:
         return lock_state.encode(self._locks, self._last_token)
 
     def restore(self, data: bytes) -> None:
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        twin = LockMachine()
+        twin._load(data)
+
+        def install() -> None:
+            self._locks, self._last_token, self._names = twin._locks, twin._last_token, twin._names
+            self._waiting, self._starting = twin._waiting, twin._starting
+            self._timers.adopt(twin._timers)
+
+        return install
+
+    def _load(self, data: bytes) -> None:
         locks, last_token = lock_state.decode(data)
         self._locks = locks
         self._last_token = last_token

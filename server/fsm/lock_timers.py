@@ -47,6 +47,10 @@ class Timers:
         heapq.heapify(self._heap)
         self._rebuild_at = max(_MIN_REBUILD, 2 * len(self._heap))
 
+    def adopt(self, other: Timers) -> None:
+        """Take `other`'s entries (a restored twin's); this one keeps its own view of the state."""
+        self._heap, self._rebuild_at = other._heap, other._rebuild_at
+
     def due(self, now_ms: int) -> Iterator[Timer]:
         """Pop the entries due at or before `now_ms`, earliest first; entries added while
         iterating are seen if they are due too."""

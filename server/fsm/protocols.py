@@ -7,6 +7,7 @@ time arrives in the command, stamped by the proposer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -29,4 +30,13 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state by a snapshot."""
+        ...
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        """Decode a snapshot without touching the current state; calling the result
+        replaces the state by it, at once.
+
+        The decoding (the slow part) runs on a worker thread while the event loop goes on
+        serving reads of the current state; the install runs on the loop.
+        """
         ...

@@ -24,6 +24,7 @@ that topic wake up and consume again; the state machine keeps no waiters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
@@ -106,7 +107,15 @@ class QueueMachine:
         return self._store.encode()
 
     def restore(self, data: bytes) -> None:
-        self._store = QueueStore.decode(data)
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        store = QueueStore.decode(data)
+
+        def install() -> None:
+            self._store = store
+
+        return install
 
     # ------------------------------------------------------------------ reads
 

@@ -19,6 +19,7 @@ writes.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2, descriptor_pool, message_factory
@@ -101,18 +102,26 @@ class DsyncStateMachine:
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
         snap = command_pb2.Snapshot.FromString(data)
-        self.clock_term = snap.clock.term
-        self.last_reading_ms = snap.clock.last_reading_ms
-        self.now_ms = snap.clock.now_ms
-        self._sessions = OrderedDict()
+        clock = snap.clock
+        sessions: OrderedDict[str, _Session] = OrderedDict()
         for entry in snap.sessions:
             session = _Session(last_seen_ms=entry.last_seen_ms, forgotten_upto=entry.forgotten_upto)
             for cached in entry.results:
                 session.results[cached.sequence] = _decode_result(cached.result)
-            self._sessions[entry.client_id] = session
-        for name, component in self.components.items():
-            component.restore(getattr(snap, name))
+            sessions[entry.client_id] = session
+        installs = [component.prepare_restore(getattr(snap, name)) for name, component in self.components.items()]
+
+        def install() -> None:
+            self.clock_term, self.last_reading_ms, self.now_ms = clock.term, clock.last_reading_ms, clock.now_ms
+            self._sessions = sessions
+            for component_install in installs:
+                component_install()
+
+        return install
 
     # ------------------------------------------------------------------ internals
 

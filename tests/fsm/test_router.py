@@ -3,6 +3,8 @@ snapshots exact.  A tiny counter component stands in for a service here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from google.protobuf import wrappers_pb2
 
 from dsync.fsm.v1 import command_pb2
@@ -30,7 +32,15 @@ class Counter:
         return self.count.to_bytes(8, "big")
 
     def restore(self, data: bytes) -> None:
-        self.count = int.from_bytes(data, "big") if data else 0
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        count = int.from_bytes(data, "big") if data else 0
+
+        def install() -> None:
+            self.count = count
+
+        return install
 
 
 def cmd(payload: bytes = b"x", client: str = "", seq: int = 0) -> bytes:

@@ -17,6 +17,7 @@ version u64 | value length u32 | value.  Key order makes equal states give equal
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _PUT = ord("P")
@@ -96,7 +97,15 @@ class KvStateMachine:
 
     def restore(self, data: bytes) -> None:
         """Replace the state by a snapshot; a corrupt one raises ValueError and changes nothing."""
-        self._data = _decode_snapshot(data)
+        self.prepare_restore(data)()
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        decoded = _decode_snapshot(data)
+
+        def install() -> None:
+            self._data = decoded
+
+        return install
 
 
 def _decode_snapshot(data: bytes) -> dict[str, tuple[bytes, int]]:

@@ -262,6 +262,42 @@ async def test_taking_a_snapshot_leaves_the_event_loop_free() -> None:
         assert max(lags) < 0.2, f"the loop stalled {max(lags):.2f} s while the snapshot was taken"
 
 
+class SlowRestores(KvStateMachine):
+    """Snapshots that take a while to decode, as a large state's do."""
+
+    def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        time.sleep(0.4)
+        return super().prepare_restore(data)
+
+
+async def test_installing_a_snapshot_leaves_the_event_loop_free() -> None:
+    async with make_cluster(snapshot_entries=5) as cluster:
+        leader = await cluster.leader()
+        behind = cluster.others(leader.id)[0].id
+        await cluster.crash(behind)
+        for i in range(12):
+            await leader.propose(put(f"k{i}"))
+        await eventually(lambda: leader.stats.snapshots >= 1, "the leader compacted past the stopped node")
+        fsm = SlowRestores()
+        lags: list[float] = []
+
+        async def watch() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                began = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - began - 0.01)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            replica = await cluster.start(behind, fsm=fsm)
+            await eventually(lambda: replica.stats.snapshots_installed == 1, "the node installed the leader's snapshot")
+            await eventually(lambda: fsm.get("k11") is not None, "the node caught up")
+        finally:
+            watcher.cancel()
+        assert max(lags) < 0.2, f"the loop stalled {max(lags):.2f} s while the snapshot was installed"
+
+
 async def test_a_long_catch_up_yields_to_the_event_loop_while_applying() -> None:
     async with make_cluster(1) as cluster:
         replica = await cluster.leader()
