@@ -106,7 +106,7 @@ class DsyncStateMachine:
 
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         snap = command_pb2.Snapshot.FromString(data)
-        clock = snap.clock
+        clock = (snap.clock.term, snap.clock.last_reading_ms, snap.clock.now_ms)  # not the message: it pins `snap`
         sessions: OrderedDict[str, _Session] = OrderedDict()
         for entry in snap.sessions:
             session = _Session(last_seen_ms=entry.last_seen_ms, forgotten_upto=entry.forgotten_upto)
@@ -116,7 +116,7 @@ class DsyncStateMachine:
         installs = [component.prepare_restore(getattr(snap, name)) for name, component in self.components.items()]
 
         def install() -> None:
-            self.clock_term, self.last_reading_ms, self.now_ms = clock.term, clock.last_reading_ms, clock.now_ms
+            self.clock_term, self.last_reading_ms, self.now_ms = clock
             self._sessions = sessions
             for component_install in installs:
                 component_install()
