@@ -160,15 +160,9 @@ class CacheMachine:
             )
         return snap.SerializeToString(deterministic=True)
 
-    def restore(self, data: bytes) -> None:
-        """Replace the state by a snapshot.
-
-        Entries beyond this node's limits (a snapshot taken under larger ones) are evicted
-        at once, in eviction order, so the limits hold from the first apply on.
-        """
-        self.prepare_restore(data)()
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        """Entries beyond this node's limits (a snapshot taken under larger ones) are
+        evicted at once, in eviction order, so the limits hold from the first apply on."""
         twin = CacheMachine(self.max_entries, self.max_bytes, self.policy)
         twin._load(data)
 

@@ -168,9 +168,6 @@ class LockMachine:
     def snapshot(self) -> bytes:
         return lock_state.encode(self._locks, self._last_token)
 
-    def restore(self, data: bytes) -> None:
-        self.prepare_restore(data)()
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         twin = LockMachine()
         twin._load(data)

@@ -28,15 +28,20 @@ class StateMachine(Protocol):
         """
         ...
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state by a snapshot."""
-        ...
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         """Decode a snapshot without touching the current state; calling the result
-        replaces the state by it, at once.
+        replaces the whole state by it, at once.  A corrupt snapshot raises here.
 
         The decoding (the slow part) runs on a worker thread while the event loop goes on
         serving reads of the current state; the install runs on the loop.
         """
         ...
+
+
+class Restorable(Protocol):
+    def prepare_restore(self, data: bytes) -> Callable[[], None]: ...
+
+
+def restore(machine: Restorable, data: bytes) -> None:
+    """Replace `machine`'s state by a snapshot in one go: at boot, before anything reads it."""
+    machine.prepare_restore(data)()

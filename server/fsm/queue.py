@@ -106,9 +106,6 @@ class QueueMachine:
     def snapshot(self) -> bytes:
         return self._store.encode()
 
-    def restore(self, data: bytes) -> None:
-        self.prepare_restore(data)()
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         store = QueueStore.decode(data)
 

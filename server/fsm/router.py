@@ -101,9 +101,6 @@ class DsyncStateMachine:
             setattr(snap, name, component.snapshot())
         return snap.SerializeToString(deterministic=True)
 
-    def restore(self, data: bytes) -> None:
-        self.prepare_restore(data)()
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         snap = command_pb2.Snapshot.FromString(data)
         clock = (snap.clock.term, snap.clock.last_reading_ms, snap.clock.now_ms)  # not the message: it pins `snap`

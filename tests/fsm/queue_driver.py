@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from dsync.fsm.v1 import queue_pb2
 from dsync.v1 import queue_pb2 as api
 from server.fsm.base import ApplyContext, Result
+from server.fsm.protocols import restore
 from server.fsm.queue import QueueMachine
 
 
@@ -48,7 +49,7 @@ class Driver:
     def copy(self) -> Driver:
         """A replica restored from this one's snapshot, at the same log position and time."""
         machine = QueueMachine()
-        machine.restore(self.machine.snapshot())
+        restore(machine, self.machine.snapshot())
         return Driver(machine, self.index, self.now_ms)
 
     # Shorthands that expect success.

@@ -16,6 +16,7 @@ from dsync.v1 import cache_pb2
 from server.fsm.base import ApplyContext, Code, Refusal, Result
 from server.fsm.cache import MAX_KEY_BYTES, MAX_TOUCH_KEYS, MAX_TTL_MS, MAX_VALUE_BYTES, CacheMachine, Hit
 from server.fsm.eviction import Policy
+from server.fsm.protocols import restore
 
 
 def encode(value: Any) -> bytes:
@@ -286,7 +287,7 @@ def test_a_restored_snapshot_gives_identical_behaviour_afterwards(policy: Policy
     copy = Log(CacheMachine(max_entries=4, policy=policy), original.index, original.now_ms)
     copy.apply(put("to be replaced"))
     copy.index = original.index
-    copy.machine.restore(original.machine.snapshot())
+    restore(copy.machine, original.machine.snapshot())
     assert copy.machine.snapshot() == original.machine.snapshot()
     assert copy.machine.keys() == original.machine.keys()
     for log in (original, copy):
@@ -304,16 +305,16 @@ def test_restoring_under_smaller_limits_evicts_down_to_them_in_eviction_order() 
     original = _busy("lru")
     order = original.machine.keys()
     small = CacheMachine(max_entries=2)
-    small.restore(original.machine.snapshot())
+    restore(small, original.machine.snapshot())
     assert small.keys() == order[-2:]
 
 
 def test_a_corrupt_snapshot_is_reported() -> None:
     with pytest.raises(ValueError, match="corrupt cache snapshot"):
-        CacheMachine().restore(b"\xff\xff")
+        restore(CacheMachine(), b"\xff\xff")
     twice = fsm_pb2.CacheSnapshot(entries=[fsm_pb2.CacheEntry(key="k"), fsm_pb2.CacheEntry(key="k")])
     with pytest.raises(ValueError, match="appears twice"):
-        CacheMachine().restore(twice.SerializeToString())
+        restore(CacheMachine(), twice.SerializeToString())
 
 
 # ---------------------------------------------------------------------- properties
@@ -481,6 +482,6 @@ def test_a_snapshot_taken_anywhere_restores_a_replica_that_then_behaves_identica
     original = Log(CacheMachine(max_entries=MAX_ENTRIES, max_bytes=MAX_BYTES, policy=policy))
     _feed(original, before)
     copy = Log(CacheMachine(max_entries=MAX_ENTRIES, max_bytes=MAX_BYTES, policy=policy), original.index, original.now_ms)
-    copy.machine.restore(original.machine.snapshot())
+    restore(copy.machine, original.machine.snapshot())
     assert _feed(copy, after) == _feed(original, after)
     assert copy.machine.snapshot() == original.machine.snapshot()

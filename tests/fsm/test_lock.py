@@ -19,6 +19,7 @@ from server.fsm.base import ApplyContext, Code, Refusal, Result
 from server.fsm.lock import LockGranted, LockMachine, LockWaitEnded, wait_key
 from server.fsm.lock_rules import DEFAULT_TTL_MS, MAX_OWNERS_PER_LOCK, MAX_TIMEOUT_MS, MAX_TTL_MS
 from server.fsm.lock_state import Mode
+from server.fsm.protocols import restore
 from server.fsm.router import DsyncStateMachine
 from tests.fsm.lock_model import Model, Outcome
 
@@ -501,7 +502,7 @@ def test_snapshot_restore_round_trips_exactly_and_behaves_the_same() -> None:
     log.run(refresh("r2", "c", ttl_ms=800))  # leaves a stale timer behind in the original
     data = log.machine.snapshot()
     copy = Log(LockMachine(), log.index, log.now_ms)
-    copy.machine.restore(data)
+    restore(copy.machine, data)
     assert copy.machine.snapshot() == data
     for step in (300, 300, 300, 300, 1_000):
         log.tick(step)
@@ -512,7 +513,7 @@ def test_snapshot_restore_round_trips_exactly_and_behaves_the_same() -> None:
 
 def test_a_corrupt_snapshot_is_refused() -> None:
     with pytest.raises(ValueError, match="corrupt lock snapshot"):
-        LockMachine().restore(b"\xff\xff\xff")
+        restore(LockMachine(), b"\xff\xff\xff")
 
 
 def test_refreshing_in_a_loop_does_not_grow_the_timers_without_bound() -> None:
@@ -562,7 +563,7 @@ def test_results_survive_the_routers_session_cache() -> None:
     first = fsm.apply(1, envelope(acquire("r", "a"), 1))
     assert isinstance(first, fsm_lock_pb2.LockAcquireOutcome) and first.granted.fencing_token == 1
     fsm.apply(2, envelope(release("r", "a"), 2))
-    copy.restore(fsm.snapshot())
+    restore(copy, fsm.snapshot())
     for machine, component in ((fsm, locks), (copy, copied)):
         assert machine.apply(3, envelope(acquire("r", "a"), 1)) == first  # answered, not applied again
         assert not component.describe("r", 0).holders
@@ -663,7 +664,7 @@ class LockSequences(RuleBasedStateMachine):
     @rule()
     def restart_copy_from_a_snapshot(self) -> None:
         self.copy = Log(LockMachine(), self.log.index, self.log.now_ms)
-        self.copy.machine.restore(self.log.machine.snapshot())
+        restore(self.copy.machine, self.log.machine.snapshot())
 
     @invariant()
     def machine_copy_and_model_hold_the_same_state(self) -> None:

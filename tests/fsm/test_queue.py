@@ -11,6 +11,7 @@ from dsync.fsm.v1 import command_pb2, queue_pb2
 from dsync.v1 import queue_pb2 as api
 from server.fsm import queue_rules as rules
 from server.fsm.base import Code, Refusal
+from server.fsm.protocols import restore
 from server.fsm.queue import MessagesReady, QueueMachine
 from server.fsm.router import DsyncStateMachine
 from tests.fsm.queue_driver import Driver, entry, json_entry
@@ -387,7 +388,7 @@ def test_garbage_is_refused_not_raised() -> None:
 def test_a_fresh_machine_snapshots_to_nothing_and_restores_from_it() -> None:
     machine = QueueMachine()
     assert machine.snapshot() == b""
-    machine.restore(b"")
+    restore(machine, b"")
     assert machine.snapshot() == b""
 
 
@@ -396,7 +397,7 @@ def test_a_corrupt_snapshot_is_refused_and_the_state_kept() -> None:
     q.publish("t", entry(id="a"))
     before = q.machine.snapshot()
     with pytest.raises(Exception, match="(?i)pars|decod|truncat"):
-        q.machine.restore(b"\x12\xff")
+        restore(q.machine, b"\x12\xff")
     assert q.machine.snapshot() == before
 
 
@@ -413,7 +414,7 @@ def test_results_survive_the_router_session_cache_and_its_snapshot() -> None:
     consume = queue_pb2.QueueCommand(consume=queue_pb2.QueueConsume(topic="t", consumer="w"))
     first = queue(2, consume, 2)
     restored = DsyncStateMachine({"queue": QueueMachine()})
-    restored.restore(fsm.snapshot())
+    restore(restored, fsm.snapshot())
     fsm = restored
     assert queue(3, consume, 2) == first
     assert isinstance(first, api.ConsumeResponse) and [d.raw for d in first.messages] == [b"m"]

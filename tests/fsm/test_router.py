@@ -9,6 +9,7 @@ from google.protobuf import wrappers_pb2
 
 from dsync.fsm.v1 import command_pb2
 from server.fsm.base import ApplyContext, Code, Refusal, Result
+from server.fsm.protocols import restore
 from server.fsm.router import SESSION_IDLE_MS, SESSION_RESULTS, DsyncStateMachine
 
 
@@ -30,9 +31,6 @@ class Counter:
 
     def snapshot(self) -> bytes:
         return self.count.to_bytes(8, "big")
-
-    def restore(self, data: bytes) -> None:
-        self.prepare_restore(data)()
 
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
         count = int.from_bytes(data, "big") if data else 0
@@ -129,7 +127,7 @@ def test_snapshot_restores_clock_sessions_and_components_exactly() -> None:
     fsm.apply(4, cmd(b"bad", client="d", seq=1))
     data = fsm.snapshot()
     copy, copied = machine()
-    copy.restore(data)
+    restore(copy, data)
     assert copy.snapshot() == data
     assert (copy.clock_term, copy.last_reading_ms, copy.now_ms) == (3, 1_250, 250)
     assert copied.count == 1

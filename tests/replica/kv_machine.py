@@ -95,11 +95,8 @@ class KvStateMachine:
             parts.append(value)
         return b"".join(parts)
 
-    def restore(self, data: bytes) -> None:
-        """Replace the state by a snapshot; a corrupt one raises ValueError and changes nothing."""
-        self.prepare_restore(data)()
-
     def prepare_restore(self, data: bytes) -> Callable[[], None]:
+        """A corrupt snapshot raises ValueError here, and changes nothing."""
         decoded = _decode_snapshot(data)
 
         def install() -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.fsm.protocols import restore
 from tests.replica.kv_machine import MAX_KEY_BYTES, KvError, KvStateMachine, encode_delete, encode_put
 
 keys = st.text(max_size=12)
@@ -73,7 +74,7 @@ def test_a_restored_snapshot_behaves_exactly_like_the_original(before: list[byte
         original.apply(i, command)
     copy = KvStateMachine()
     copy.apply(1, encode_put("to be replaced", b""))
-    copy.restore(original.snapshot())
+    restore(copy, original.snapshot())
     assert copy.snapshot() == original.snapshot()
     start = len(before) + 1
     assert [copy.apply(i, c) for i, c in enumerate(after, start)] == [
@@ -86,5 +87,5 @@ def test_a_corrupt_snapshot_is_refused_and_the_state_kept(data: bytes) -> None:
     kv = KvStateMachine()
     kv.apply(1, encode_put("a", b"1"))
     with pytest.raises(ValueError, match="snapshot"):
-        kv.restore(data)
+        restore(kv, data)
     assert kv.get("a") == (b"1", 1)
