@@ -208,6 +208,27 @@ async def test_sigterm_stops_a_node_and_its_private_redis(tmp_path: Path) -> Non
         await cluster.stop()
 
 
+async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_path: Path) -> None:
+    """Own process group: a terminal's Ctrl-C reaches the launcher alone, which stops the
+    nodes in order.  Same session: Linux schedules a session as one group, and nodes in
+    sessions of their own starve one another on a small machine."""
+    cluster = make_cluster(tmp_path, nodes=1)
+    await cluster.start()
+    try:
+        await cluster.wait_for_leader(timeout=30)
+        proc = cluster.nodes[0].process
+        assert proc is not None
+        pids = [proc.pid]
+        pid_file = cluster.nodes[0].data_dir / "redis" / "redis-server.pid"
+        if pid_file.exists():  # the node's private redis-server, unless REDIS_URL names one
+            pids.append(int(pid_file.read_text()))
+        for pid in pids:
+            assert os.getsid(pid) == os.getsid(0)
+            assert os.getpgid(pid) == proc.pid != os.getpgid(0)
+    finally:
+        await cluster.stop()
+
+
 async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:
     leader = await cluster.wait_for_leader(timeout=10)
     followers = [n.name for n in cluster if n.name != leader]
