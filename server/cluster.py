@@ -4,7 +4,8 @@
     python -m server.cluster --nodes 5 --data-dir /tmp/dsync
 
 Waits until a leader is elected, prints every node's endpoints, and stops everything
-cleanly on Ctrl-C or SIGTERM.  A node that dies is reported; the others keep serving.
+cleanly on Ctrl-C or SIGTERM; killed outright, it leaves no node behind either.  A node
+that dies is reported; the others keep serving.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from server.raft.quorum import majority
+from server.storage.embedded_redis import die_with_parent
 
 
 def free_ports(count: int) -> list[int]:
@@ -123,13 +125,7 @@ class LocalCluster:
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     stdin=asyncio.subprocess.DEVNULL,
-                    # Its own process group, so a Ctrl-C in the terminal reaches only us and we
-                    # stop the nodes in order.  Not its own session: Linux schedules each
-                    # session as one group (autogroup), and nodes in separate sessions sharing
-                    # a few cores then starve one another for up to 100 ms at a time, which
-                    # tripled the p99 of every benchmark.  preexec_fn, not process_group=0:
-                    # uvloop, which the benchmarks run on, supports only the former.
-                    preexec_fn=os.setpgrp,
+                    preexec_fn=_tie_to_launcher,
                 )
 
     def signal(self, name: str, sig: int) -> None:
@@ -196,6 +192,20 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no agreed leader after {timeout:.0f}s: {states}")
             await asyncio.sleep(0.05)
+
+
+def _tie_to_launcher() -> None:
+    """Runs in a node before exec.
+
+    Its own process group, so that a Ctrl-C in the terminal reaches only the launcher,
+    which stops the nodes in order; and it gets SIGTERM if the launcher dies without doing
+    so.  Not its own session: Linux schedules each session as one group (autogroup), and
+    nodes in separate sessions sharing a few cores starved one another for up to 100 ms
+    at a time, which doubled the p99 of the benchmarks.  A preexec_fn rather than
+    `process_group=0`: uvloop, which the benchmarks run on, supports only the former.
+    """
+    os.setpgrp()
+    die_with_parent()
 
 
 def _tail(path: Path, lines: int = 20) -> str:

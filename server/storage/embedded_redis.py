@@ -37,8 +37,9 @@ _POLL_S = 0.02
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the node process goes away."""
+def die_with_parent() -> None:
+    """Runs in a child before exec: SIGTERM it when the process that started it goes away,
+    even by SIGKILL, so that no child outlives its parent and holds ports and CPU."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, 15)  # SIGTERM
@@ -181,7 +182,7 @@ class EmbeddedRedis:
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(lock_fd,),
                 cwd=self.data_dir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self._proc = proc
         try:

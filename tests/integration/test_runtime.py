@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,6 +229,44 @@ async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_p
             assert os.getpgid(pid) == proc.pid != os.getpgid(0)
     finally:
         await cluster.stop()
+
+
+async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
+    from server.cluster import free_ports
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path),
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert launcher.stdout is not None
+        banner = await asyncio.wait_for(launcher.stdout.readline(), 60)
+        assert b"is up" in banner, banner + await launcher.stdout.read(4096)
+        pid_file = tmp_path / "node1" / "redis" / "redis-server.pid"
+        redis_pids = [int(pid_file.read_text())] if pid_file.exists() else []
+    finally:
+        launcher.kill()
+        await launcher.wait()
+
+    def refused() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", http_port), timeout=1):
+            return False
+        return True
+
+    async def node_gone() -> bool:
+        return refused() and not any(_alive(pid) for pid in redis_pids)
+
+    await poll(node_gone, bool, "the node and its redis-server stopped after the launcher's SIGKILL", 20)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:
