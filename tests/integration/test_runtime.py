@@ -17,6 +17,7 @@ import pytest
 
 from server.cluster import LocalCluster
 from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
+from tests.processes import alive
 
 pytestmark = pytest.mark.integration
 
@@ -256,17 +257,9 @@ async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
         return True
 
     async def node_gone() -> bool:
-        return refused() and not any(_alive(pid) for pid in redis_pids)
+        return refused() and not any(alive(pid) for pid in redis_pids)
 
     await poll(node_gone, bool, "the node and its redis-server stopped after the launcher's SIGKILL", 20)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:

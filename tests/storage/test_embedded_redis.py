@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from server.storage import embedded_redis
 from server.storage.embedded_redis import EmbeddedRedis, RedisStartError, find_redis_server
+from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -21,14 +22,6 @@ def _script(path: Path, body: str) -> str:
     path.write_text("#!/bin/sh\n" + body + "\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_it_runs_with_durable_settings_and_stops(data_dir: Path) -> None:
@@ -51,7 +44,7 @@ async def test_it_runs_with_durable_settings_and_stops(data_dir: Path) -> None:
             "dir": str(data_dir.resolve()),
             "bind": "127.0.0.1",
         }
-    assert not _alive(pid)
+    assert not alive(pid)
     with pytest.raises(RuntimeError, match="not running"):
         server.url
 
@@ -107,7 +100,7 @@ async def test_a_hung_server_is_killed_after_the_stop_deadline(data_dir: Path) -
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # ignores SIGTERM until continued
     await server.stop()
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 async def test_without_any_redis_server_the_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
