@@ -4,8 +4,8 @@
     python -m server.cluster --nodes 5 --data-dir /tmp/dsync
 
 Waits until a leader is elected, prints every node's endpoints, and stops everything
-cleanly on Ctrl-C or SIGTERM; killed outright, it leaves no node behind either.  A node
-that dies is reported; the others keep serving.
+cleanly on Ctrl-C or SIGTERM; killed outright, on Linux it leaves no node behind
+either.  A node that dies is reported; the others keep serving.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +125,7 @@ class LocalCluster:
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     stdin=asyncio.subprocess.DEVNULL,
-                    preexec_fn=_tie_to_launcher,
+                    preexec_fn=_tie_to_launcher(os.getpid()),
                 )
 
     def signal(self, name: str, sig: int) -> None:
@@ -194,18 +194,24 @@ class LocalCluster:
             await asyncio.sleep(0.05)
 
 
-def _tie_to_launcher() -> None:
-    """Runs in a node before exec.
+def _tie_to_launcher(launcher: int) -> Callable[[], None]:
+    """A `preexec_fn` for a node.
 
     Its own process group, so that a Ctrl-C in the terminal reaches only the launcher,
-    which stops the nodes in order; and it gets SIGTERM if the launcher dies without doing
-    so.  Not its own session: Linux schedules each session as one group (autogroup), and
-    nodes in separate sessions sharing a few cores starved one another for up to 100 ms
-    at a time, which doubled the p99 of the benchmarks.  A preexec_fn rather than
-    `process_group=0`: uvloop, which the benchmarks run on, supports only the former.
+    which stops the nodes in order; and, on Linux, SIGTERM if the launcher dies without
+    doing so.  Not its own session: Linux schedules each session as one group
+    (autogroup), and nodes in separate sessions sharing a few cores starved one another
+    for up to 100 ms at a time, which doubled the p99 of the benchmarks.  A preexec_fn
+    rather than `process_group=0`: uvloop, which the benchmarks run on, supports only
+    the former.
     """
-    os.setpgrp()
-    die_with_parent()
+    die_with_launcher = die_with_parent(launcher)
+
+    def setup() -> None:
+        os.setpgrp()
+        die_with_launcher()
+
+    return setup
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -17,7 +17,9 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -37,12 +39,35 @@ _POLL_S = 0.02
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Runs in a child before exec: SIGTERM it when the process that started it goes away,
-    even by SIGKILL, so that no child outlives its parent and holds ports and CPU."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, 15)  # SIGTERM
+def _resolve_prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: a child may outlive a parent killed outright
+    return prctl
+
+
+# Looked up once here, not in each child: a child forked from a threaded parent (gRPC's
+# threads) must not load or look up symbols, whose locks another thread may have held.
+_PRCTL = _resolve_prctl()
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A `preexec_fn` that SIGTERMs the child when the thread that forked it ends.
+
+    Our children are started from a process's event-loop thread, which lives as long as
+    the process, so in effect: when `parent` goes away, even by SIGKILL, and no child
+    outlives it holding ports and CPU.  A parent already gone by the time the child gets
+    here would never signal it, so the child then exits at once.
+    """
+
+    def tie() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return tie
 
 
 class RedisStartError(RuntimeError):
@@ -182,7 +207,7 @@ class EmbeddedRedis:
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(lock_fd,),
                 cwd=self.data_dir,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(os.getpid()),
             )
         self._proc = proc
         try:

@@ -17,7 +17,7 @@ import pytest
 
 from server.cluster import LocalCluster
 from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
-from tests.processes import alive
+from tests.processes import alive, children
 
 pytestmark = pytest.mark.integration
 
@@ -237,29 +237,34 @@ async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
 
     grpc_port, http_port, metrics_port = free_ports(3)
     launcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path),
+        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", "30",
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "DOTENV": os.devnull},
     )  # fmt: skip
+    started: list[int] = []
     try:
         assert launcher.stdout is not None
-        banner = await asyncio.wait_for(launcher.stdout.readline(), 60)
-        assert b"is up" in banner, banner + await launcher.stdout.read(4096)
-        pid_file = tmp_path / "node1" / "redis" / "redis-server.pid"
-        redis_pids = [int(pid_file.read_text())] if pid_file.exists() else []
+        output = b""
+        while b"is up" not in output:
+            line = await asyncio.wait_for(launcher.stdout.readline(), 45)
+            assert line, f"the launcher ended before its cluster was up: {output.decode(errors='replace')}"
+            output += line
+        started = children(launcher.pid)
+        assert len(started) == 1, started
+        started.append(int((tmp_path / "node1" / "redis" / "redis-server.pid").read_text()))
     finally:
         launcher.kill()
         await launcher.wait()
 
-    def refused() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", http_port), timeout=1):
-            return False
-        return True
+    async def running() -> list[int]:
+        return [pid for pid in started if alive(pid)]
 
-    async def node_gone() -> bool:
-        return refused() and not any(alive(pid) for pid in redis_pids)
-
-    await poll(node_gone, bool, "the node and its redis-server stopped after the launcher's SIGKILL", 20)
+    try:
+        await poll(running, lambda left: not left, "the node and its redis-server gone after the launcher's SIGKILL", 20)
+    finally:
+        for pid in await running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:
