@@ -27,7 +27,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from server.raft.quorum import majority
-from server.storage.embedded_redis import die_with_parent
+from server.children import die_with_parent
 
 
 def free_ports(count: int) -> list[int]:
@@ -125,7 +125,7 @@ class LocalCluster:
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     stdin=asyncio.subprocess.DEVNULL,
-                    preexec_fn=_tie_to_launcher(os.getpid()),
+                    preexec_fn=_tie_to_launcher(),
                 )
 
     def signal(self, name: str, sig: int) -> None:
@@ -194,7 +194,7 @@ class LocalCluster:
             await asyncio.sleep(0.05)
 
 
-def _tie_to_launcher(launcher: int) -> Callable[[], None]:
+def _tie_to_launcher() -> Callable[[], None]:
     """A `preexec_fn` for a node.
 
     Its own process group, so that a Ctrl-C in the terminal reaches only the launcher,
@@ -205,7 +205,7 @@ def _tie_to_launcher(launcher: int) -> Callable[[], None]:
     rather than `process_group=0`: uvloop, which the benchmarks run on, supports only
     the former.
     """
-    die_with_launcher = die_with_parent(launcher)
+    die_with_launcher = die_with_parent()
 
     def setup() -> None:
         os.setpgrp()

@@ -49,10 +49,10 @@ class ApplyContext:
 class Component(Protocol):
     """One service's share of the replicated state.
 
-    Only `apply`, `advance` and `restore` change it, and only the replica calls them.
-    Everything else a component offers (the services' reads, `snapshot`) must leave it
-    untouched -- no lazy clean-up: `snapshot` runs on a worker thread while the event loop
-    goes on serving those reads.
+    Only `apply`, `advance` and what `prepare_restore` returns change it, and only the
+    replica calls them.  Everything else a component offers (the services' reads,
+    `snapshot`) must leave it untouched -- no lazy clean-up: `snapshot` runs on a worker
+    thread while the event loop goes on serving those reads.
     """
 
     def apply(self, command: bytes, ctx: ApplyContext) -> Result:

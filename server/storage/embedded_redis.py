@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import os
 import shutil
-import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -27,6 +24,8 @@ from typing import Literal
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from server.children import die_with_parent
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -36,38 +35,6 @@ PID_FILE = "redis-server.pid"
 SOCKET_FILE = "redis.sock"
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 _POLL_S = 0.02
-_PR_SET_PDEATHSIG = 1
-
-
-def _resolve_prctl() -> Callable[..., int] | None:
-    try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None  # not Linux: a child may outlive a parent killed outright
-    return prctl
-
-
-# Looked up once here, not in each child: a child forked from a threaded parent (gRPC's
-# threads) must not load or look up symbols, whose locks another thread may have held.
-_PRCTL = _resolve_prctl()
-
-
-def die_with_parent(parent: int) -> Callable[[], None]:
-    """A `preexec_fn` that SIGTERMs the child when the thread that forked it ends.
-
-    Our children are started from a process's event-loop thread, which lives as long as
-    the process, so in effect: when `parent` goes away, even by SIGKILL, and no child
-    outlives it holding ports and CPU.  A parent already gone by the time the child gets
-    here would never signal it, so the child then exits at once.
-    """
-
-    def tie() -> None:
-        if _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    return tie
 
 
 class RedisStartError(RuntimeError):
@@ -207,7 +174,7 @@ class EmbeddedRedis:
                 stderr=asyncio.subprocess.STDOUT,
                 pass_fds=(lock_fd,),
                 cwd=self.data_dir,
-                preexec_fn=die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(),
             )
         self._proc = proc
         try:
