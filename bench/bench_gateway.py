@@ -11,12 +11,13 @@ on its own resource and key (plus one resource all of them hold shared):
     -> /cache/put -> /cache/get (hit) -> /cache/invalidate -> /cache/get (miss)
 
 six writes through Raft and two linearizable reads per cycle.  Every answer must be 200;
-anything else, or no answer within CALL_TIMEOUT_S, is an error.  The load generator is
-aiohttp's client in its own process (so its CPU shows as a figure of its own), one
-keep-alive connection per client.
+anything else, or no answer within CALL_TIMEOUT_S, is an error.  The load generator runs
+in its own process (so its CPU shows as a figure of its own), one keep-alive connection
+per client, through `bench.http_client`: on these two cores aiohttp's client would take
+a fifth of the CPU from the nodes it measures.
 
 The floor is `aiohttp_echo_floor`: a bare aiohttp server echoing a JSON body to the same
-number of aiohttp clients in one process, measured just before each cluster starts.
+number of clients of the same kind in one process, measured just before each cluster starts.
 Targets: >= 3,000 req/s with 0 errors, and >= 0.25 x the floor.  CPU use per process is
 printed in cores over the measured window: on the 2-core machine the nodes, their
 redis-servers and the load generator share the same two cores.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -37,7 +39,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import aiohttp
 import uvloop
 
 from bench.harness import (
@@ -46,6 +47,7 @@ from bench.harness import (
     LEADER_TIMEOUT_S,
     NODES,
     add_dir_option,
+    report_window,
     running_cluster,
     windowed_in_process,
 )
@@ -60,6 +62,7 @@ from bench.measure import (
     print_cpu,
 )
 from bench.floors import aiohttp_echo_floor
+from bench.http_client import HttpConnection, HttpError
 
 TARGET_RPS = 3000.0
 TARGET_RATIO = 0.25
@@ -113,24 +116,22 @@ async def generate(urls: list[str], clients: int, warmup: float, seconds: float,
     """Closed-loop cycles from `clients` coroutines; `mark` brackets the measured window."""
     latencies: dict[str, list[float]] = {path: [] for path, _ in cycle(0, 0)}
     errors: Counter[str] = Counter()
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        start = time.perf_counter() + warmup
-        end = start + seconds
+    start = time.perf_counter() + warmup
+    end = start + seconds
 
-        async def client(n: int) -> None:
-            base = urls[n % len(urls)]
-            rounds = 0
+    async def client(n: int) -> None:
+        http = HttpConnection.to(urls[n % len(urls)])
+        rounds = 0
+        try:
             while time.perf_counter() < end:
                 rounds += 1
                 for path, body in cycle(n, rounds):
                     sent = time.perf_counter()
                     try:
-                        async with http.post(base + path, json=body) as response:
-                            await response.read()
-                            failure = None if response.status == 200 else str(response.status)
-                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        async with asyncio.timeout(CALL_TIMEOUT_S):
+                            status, _ = await http.post(path, json.dumps(body).encode())
+                        failure = None if status == 200 else str(status)
+                    except (HttpError, TimeoutError) as exc:
                         failure = type(exc).__name__
                     done = time.perf_counter()
                     if start <= done < end:
@@ -141,14 +142,10 @@ async def generate(urls: list[str], clients: int, warmup: float, seconds: float,
                     if failure is not None:
                         await asyncio.sleep(ERROR_PAUSE_S)
                         break  # start the cycle again: its calls depend on each other
+        finally:
+            http.close()
 
-        async def window() -> None:
-            await asyncio.sleep(start - time.perf_counter())
-            mark("start")
-            await asyncio.sleep(end - time.perf_counter())
-            mark("end")
-
-        await asyncio.gather(window(), *(client(n) for n in range(clients)))
+    await asyncio.gather(report_window(start, end, mark), *(client(n) for n in range(clients)))
     return Load(seconds, latencies, errors)
 
 
@@ -218,7 +215,7 @@ async def main() -> None:
     print(
         f"{NODES} nodes + {NODES} redis-servers + the load generator share {os.cpu_count()} CPUs;"
         f" {args.clients} HTTP clients, {args.warmup:g} s warm-up, {args.seconds:g} s window;"
-        f" floor: aiohttp echo, {args.clients} clients and the server in one process"
+        f" floor: aiohttp echo server, {args.clients} clients of the same kind, all in one process"
     )
     results = []
     for n in range(1, args.runs + 1):

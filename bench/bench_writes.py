@@ -52,6 +52,7 @@ from bench.harness import (
     NODES,
     add_dir_option,
     add_loadgen_option,
+    report_window,
     running_cluster,
     windowed_in_process,
 )
@@ -145,13 +146,7 @@ async def generate(
                 if start <= done < end:
                     samples.append(done - sent)
 
-        async def window() -> None:
-            await asyncio.sleep(start - time.perf_counter())
-            mark("start")
-            await asyncio.sleep(end - time.perf_counter())
-            mark("end")
-
-        await asyncio.gather(window(), *(client(n) for n in range(clients)))
+        await asyncio.gather(report_window(start, end, mark), *(client(n) for n in range(clients)))
         return Load(seconds, latencies, errors)
     finally:
         for ch in channels:

@@ -6,6 +6,7 @@ compares like with like."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -53,9 +54,12 @@ async def grpc_echo_floor(clients: int = 64, seconds: float = 2.0, payload: int 
 
 async def aiohttp_echo_floor(clients: int = 50, seconds: float = 2.0, payload: int = 64) -> float:
     """Requests/s of a bare aiohttp server echoing a JSON POST body, `clients` concurrent
-    keep-alive callers (aiohttp's client) in this process: what the gateway's HTTP layer
-    alone could do here, with no transcoding, servicer or Raft behind it."""
-    from aiohttp import ClientSession, TCPConnector, web
+    keep-alive callers (the gateway benchmark's own client, `bench.http_client`) in this
+    process: what the gateway's HTTP layer alone could do here, with no transcoding,
+    servicer or Raft behind it."""
+    from aiohttp import web
+
+    from bench.http_client import HttpConnection
 
     async def echo(request: web.Request) -> web.Response:
         return web.json_response(await request.json())
@@ -67,21 +71,24 @@ async def aiohttp_echo_floor(clients: int = 50, seconds: float = 2.0, payload: i
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    body = {"key": "x" * payload}
+    body = json.dumps({"key": "x" * payload}).encode()
+    connections = [HttpConnection("127.0.0.1", port) for _ in range(clients)]
     try:
-        async with ClientSession(connector=TCPConnector(limit=0)) as http:
-            done = 0
-            deadline = time.perf_counter() + seconds
+        done = 0
+        deadline = time.perf_counter() + seconds
 
-            async def worker() -> None:
-                nonlocal done
-                while time.perf_counter() < deadline:
-                    async with http.post(f"http://127.0.0.1:{port}/echo", json=body) as response:
-                        await response.read()
-                    done += 1
+        async def worker(http: HttpConnection) -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                status, _ = await http.post("/echo", body)
+                if status != 200:
+                    raise RuntimeError(f"the echo floor answered {status}")
+                done += 1
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(clients)))
-            return done / (time.perf_counter() - started)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(http) for http in connections))
+        return done / (time.perf_counter() - started)
     finally:
+        for http in connections:
+            http.close()
         await runner.cleanup()

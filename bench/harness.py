@@ -9,6 +9,7 @@ import asyncio
 import multiprocessing
 import os
 import tempfile
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -97,6 +98,14 @@ async def receive(conn: Connection, timeout: float) -> object:
     if isinstance(item, Exception):
         raise item
     return item
+
+
+async def report_window(start: float, end: float, report: Callable[[str], None]) -> None:
+    """Inside a load generator: report "start" and "end" as `time.perf_counter()` passes them."""
+    await asyncio.sleep(start - time.perf_counter())
+    report("start")
+    await asyncio.sleep(end - time.perf_counter())
+    report("end")
 
 
 async def windowed_in_process(work: Work[T], warmup: float, seconds: float, mark: Callable[[str, int], None]) -> T:

@@ -545,7 +545,7 @@ class RaftCore:
                 # A full window may be waiting on appends that were lost: let one more go,
                 # so the follower's rejection puts us back on track.
                 pr.release_one()
-            if pr.match < self.log.last_index:
+            if pr.stalled() and pr.match < self.log.last_index:
                 self._send_append(m.src, allow_empty=True)
             if m.context:
                 number = int.from_bytes(m.context, "big")

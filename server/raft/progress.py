@@ -29,6 +29,7 @@ class Progress:
         "pending_snapshot",
         "snapshot_ticks",
         "sent_commit",
+        "match_at_beat",
     )
 
     def __init__(self, next_index: int) -> None:
@@ -42,6 +43,7 @@ class Progress:
         self.pending_snapshot = 0
         self.snapshot_ticks = 0
         self.sent_commit = 0
+        self.match_at_beat = 0  # match when the previous heartbeat answer came
 
     def paused(self, max_msgs: int, max_bytes: int) -> bool:
         if self.state is ProgressState.PROBE:
@@ -92,6 +94,16 @@ class Progress:
         while self.inflight and self.inflight[0][0] <= index:
             self.inflight_bytes -= self.inflight.popleft()[1]
         return moved
+
+    def stalled(self) -> bool:
+        """At a heartbeat answer: whether this follower may have lost an append.
+
+        One in REPLICATE whose match moved since the previous answer is taking our appends
+        in: their answers are on the way, and an empty append would only draw another.
+        """
+        stalled = self.state is not ProgressState.REPLICATE or self.match == self.match_at_beat
+        self.match_at_beat = self.match
+        return stalled
 
     def release_one(self) -> None:
         if len(self.inflight):

@@ -265,3 +265,36 @@ def _without_entries_after(m: Message, index: int) -> Message:
 def _holds(sim: Simulation, nid: str, payload: bytes) -> bool:
     core = sim.nodes[nid].core
     return core is not None and any(e.data == payload for e in core.log.entries)
+
+
+def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_follower_whose_match_stalled() -> None:
+    """Under load, heartbeat answers come while appends are out; an empty append for each
+    would only draw a second answer.  A follower whose match has not moved since its
+    previous heartbeat answer may have lost an append: that one gets an empty append,
+    which its rejection turns into a resend."""
+    sim = Simulation(seed=9, nodes=3)
+    lead = sim.wait_for_leader()
+    core = sim.core(lead)
+    sim.wait_for(lambda: core.log.committed == core.log.last_index, 20, "the leader's no-op committed")
+    follower = next(n for n in sim.ids if n != lead)
+
+    def appends_out() -> list[Message]:
+        rd = core.ready()
+        core.advance(rd)
+        return [m for m in rd.messages if m.type is MsgType.APPEND and m.dst == follower]
+
+    while core.has_ready():
+        appends_out()
+    core.propose(b"x")
+    assert [len(m.entries) for m in appends_out()] == [1]
+    x = core.log.last_index
+    core.propose(b"y")
+    assert [len(m.entries) for m in appends_out()] == [1]
+    y = core.log.last_index
+    beat_answer = Message(MsgType.HEARTBEAT_RESP, follower, lead, core.term)
+    core.step(Message(MsgType.APPEND_RESP, follower, lead, core.term, index=x))
+    core.step(beat_answer)
+    assert appends_out() == [], "an empty append to a follower whose match just moved"
+    core.step(beat_answer)  # nothing acknowledged since the previous answer
+    (probe,) = appends_out()
+    assert (probe.index, probe.entries) == (y, [])
