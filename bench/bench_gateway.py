@@ -131,8 +131,10 @@ async def generate(urls: list[str], clients: int, warmup: float, seconds: float,
                         async with asyncio.timeout(CALL_TIMEOUT_S):
                             status, _ = await http.post(path, json.dumps(body).encode())
                         failure = None if status == 200 else str(status)
-                    except (HttpError, TimeoutError) as exc:
-                        failure = type(exc).__name__
+                    except HttpError as exc:
+                        failure = type(exc.__cause__).__name__
+                    except TimeoutError:
+                        failure = "TimeoutError"
                     done = time.perf_counter()
                     if start <= done < end:
                         if failure is None:

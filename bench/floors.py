@@ -86,7 +86,9 @@ async def aiohttp_echo_floor(clients: int = 50, seconds: float = 2.0, payload: i
                 done += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(http) for http in connections))
+        async with asyncio.TaskGroup() as workers:  # one failing stops the others
+            for http in connections:
+                workers.create_task(worker(http))
         return done / (time.perf_counter() - started)
     finally:
         for http in connections:

@@ -541,11 +541,11 @@ class RaftCore:
         elif t is MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
-            if pr.state is ProgressState.REPLICATE and len(pr.inflight) >= self.config.max_inflight_msgs:
-                # A full window may be waiting on appends that were lost: let one more go,
-                # so the follower's rejection puts us back on track.
-                pr.release_one()
-            if pr.stalled() and pr.match < self.log.last_index:
+            if pr.note_heartbeat_answer() and pr.match < self.log.last_index:
+                # An append may have been lost.  A full window may be waiting on it: let
+                # one more go, so the follower's rejection puts us back on track.
+                if pr.state is ProgressState.REPLICATE and len(pr.inflight) >= self.config.max_inflight_msgs:
+                    pr.release_one()
                 self._send_append(m.src, allow_empty=True)
             if m.context:
                 number = int.from_bytes(m.context, "big")

@@ -95,11 +95,14 @@ class Progress:
             self.inflight_bytes -= self.inflight.popleft()[1]
         return moved
 
-    def stalled(self) -> bool:
-        """At a heartbeat answer: whether this follower may have lost an append.
+    def note_heartbeat_answer(self) -> bool:
+        """Record a heartbeat answer; True if this follower may have lost an append.
 
-        One in REPLICATE whose match moved since the previous answer is taking our appends
-        in: their answers are on the way, and an empty append would only draw another.
+        Under load answers come while appends are out.  A follower in REPLICATE whose
+        match moved since its previous answer is still taking them in, and an empty
+        append would only draw a second answer; one whose match stood still may be
+        waiting on a lost one.  Match never passes a lost append, so a loss shows at
+        the next answer but one.
         """
         stalled = self.state is not ProgressState.REPLICATE or self.match == self.match_at_beat
         self.match_at_beat = self.match

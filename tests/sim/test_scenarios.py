@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from server.raft import EntryKind, FailReason, Message, MsgType, Role
+from server.raft.progress import ProgressState
 from tests.sim.cluster import Simulation
 
 ELECTION = 10  # election_ticks used by every scenario
@@ -275,8 +278,13 @@ def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_follower_whose_mat
     sim = Simulation(seed=9, nodes=3)
     lead = sim.wait_for_leader()
     core = sim.core(lead)
-    sim.wait_for(lambda: core.log.committed == core.log.last_index, 20, "the leader's no-op committed")
     follower = next(n for n in sim.ids if n != lead)
+    progress = core.progress[follower]
+    sim.wait_for(
+        lambda: progress.state is ProgressState.REPLICATE and progress.match == core.log.last_index,
+        20,
+        "the follower caught up and in REPLICATE",
+    )
 
     def appends_out() -> list[Message]:
         rd = core.ready()
@@ -298,3 +306,26 @@ def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_follower_whose_mat
     core.step(beat_answer)  # nothing acknowledged since the previous answer
     (probe,) = appends_out()
     assert (probe.index, probe.entries) == (y, [])
+
+
+@pytest.mark.parametrize("reading", [False, True], ids=["idle", "reads running"])
+def test_a_follower_that_lost_the_last_append_gets_it_within_a_few_heartbeats(reading: bool) -> None:
+    """Nothing follows the lost append to expose the gap: the heartbeat answers must,
+    also while read rounds keep heartbeats (and their answers) coming every turn."""
+    sim = Simulation(seed=11, nodes=3)
+    lead = sim.wait_for_leader()
+    follower = next(n for n in sim.ids if n != lead)
+    first = sim.propose(lead)
+    sim.wait_for(lambda: _holds(sim, follower, first), 20, "the first write on the follower")
+    target = sim.core(lead).log.last_index + 1
+    sim.intercept = lambda m: None if m.dst == follower and any(e.index == target for e in m.entries) else m
+    lost = sim.propose(lead)
+    sim.intercept = lambda m: m
+    assert not _holds(sim, follower, lost), "the append was not lost"
+    for _ in range(8):
+        if reading:
+            sim.read(lead)
+        sim.run_ticks(1)
+        if _holds(sim, follower, lost):
+            return
+    raise AssertionError("the follower never got the lost append")

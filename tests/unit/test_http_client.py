@@ -33,6 +33,16 @@ async def _chunked(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _closing(request: web.Request) -> web.Response:
+    response = web.json_response({"last": True})
+    response.force_close()
+    return response
+
+
+async def _look_alike(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"a": 1}', headers={"X-Orig-Content-Length": "3"}, content_type="application/json")
+
+
 async def _hang_up(request: web.Request) -> web.Response:
     assert request.transport is not None
     request.transport.close()
@@ -46,16 +56,21 @@ async def server() -> AsyncIterator[TestServer]:
     app.router.add_post("/missing", _missing)
     app.router.add_post("/chunked", _chunked)
     app.router.add_post("/hang-up", _hang_up)
+    app.router.add_post("/closing", _closing)
+    app.router.add_post("/look-alike", _look_alike)
     async with TestServer(app, host="127.0.0.1") as test_server:
         yield test_server
 
 
-async def test_reads_each_answer_whole_on_one_kept_connection(server: TestServer) -> None:
-    http = HttpConnection.to(str(server.make_url("")))
-    try:
-        answers = [await http.post("/echo", b'{"n": %d}' % n) for n in range(3)]
-    finally:
-        http.close()
+@pytest.fixture
+async def http(server: TestServer) -> AsyncIterator[HttpConnection]:
+    connection = HttpConnection.to(str(server.make_url("")))
+    yield connection
+    connection.close()
+
+
+async def test_reads_each_answer_whole_on_one_kept_connection(http: HttpConnection) -> None:
+    answers = [await http.post("/echo", b'{"n": %d}' % n) for n in range(3)]
     assert [status for status, _ in answers] == [200, 200, 200]
     bodies = [body for _, body in answers]
     assert [b'"got": {"n": %d}' % n in body for n, body in enumerate(bodies)] == [True] * 3
@@ -63,24 +78,26 @@ async def test_reads_each_answer_whole_on_one_kept_connection(server: TestServer
     assert len(ports) == 1, "a new connection per request"
 
 
-async def test_an_error_status_is_returned_with_its_body(server: TestServer) -> None:
-    http = HttpConnection("127.0.0.1", server.port or 0)
-    try:
-        assert await http.post("/missing", b"{}") == (404, b'{"code": 5}')
-        assert (await http.post("/echo", b"{}"))[0] == 200
-    finally:
-        http.close()
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/missing", (404, b'{"code": 5}')),  # an error status comes back with its body
+        ("/look-alike", (200, b'{"a": 1}')),  # X-Orig-Content-Length is not Content-Length
+        ("/closing", (200, b'{"last": true}')),  # Connection: close: the next call reconnects
+    ],
+)
+async def test_an_answer_is_read_whole_and_the_next_call_goes_through(
+    http: HttpConnection, path: str, answer: tuple[int, bytes]
+) -> None:
+    assert await http.post(path, b"{}") == answer
+    assert (await http.post("/echo", b"{}"))[0] == 200
 
 
 @pytest.mark.parametrize("path", ["/chunked", "/hang-up"])
-async def test_an_answer_it_cannot_read_raises_and_the_next_call_reconnects(server: TestServer, path: str) -> None:
-    http = HttpConnection("127.0.0.1", server.port or 0)
-    try:
-        with pytest.raises(HttpError, match=f"POST {path}"):
-            await http.post(path, b"{}")
-        assert (await http.post("/echo", b"{}"))[0] == 200
-    finally:
-        http.close()
+async def test_an_answer_it_cannot_read_raises_and_the_next_call_reconnects(http: HttpConnection, path: str) -> None:
+    with pytest.raises(HttpError, match=f"POST {path}"):
+        await http.post(path, b"{}")
+    assert (await http.post("/echo", b"{}"))[0] == 200
 
 
 async def test_a_port_nobody_listens_on_raises() -> None:
