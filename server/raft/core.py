@@ -541,10 +541,17 @@ class RaftCore:
         elif t is MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
-            if pr.note_heartbeat_answer() and pr.match < self.log.last_index:
-                # An append may have been lost.  A full window may be waiting on it: let
-                # one more go, so the follower's rejection puts us back on track.
-                if pr.state is ProgressState.REPLICATE and len(pr.inflight) >= self.config.max_inflight_msgs:
+            cfg = self.config
+            stalled = pr.note_heartbeat_answer()
+            full = pr.state is ProgressState.REPLICATE and pr.paused(cfg.max_inflight_msgs, cfg.max_inflight_bytes)
+            # An append to a follower that is taking ours in and has room for more would
+            # only draw another answer: new entries go out with the next Ready anyway.
+            if pr.match < self.log.last_index and (stalled or full):
+                if full:
+                    # One more append than the window allows, at every answer: a full
+                    # window may be waiting on appends that were lost (the follower's
+                    # rejection puts us back on track), and with a small window this is
+                    # half of a lagging follower's catch-up.
                     pr.release_one()
                 self._send_append(m.src, allow_empty=True)
             if m.context:

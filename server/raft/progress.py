@@ -101,8 +101,9 @@ class Progress:
         Under load answers come while appends are out.  A follower in REPLICATE whose
         match moved since its previous answer is still taking them in, and an empty
         append would only draw a second answer; one whose match stood still may be
-        waiting on a lost one.  Match never passes a lost append, so a loss shows at
-        the next answer but one.
+        waiting on a lost one.  Match never passes a lost append, so a loss shows once
+        match stands still between two answers: at worst one answer later for every
+        append that was in flight ahead of the lost one.
         """
         stalled = self.state is not ProgressState.REPLICATE or self.match == self.match_at_beat
         self.match_at_beat = self.match

@@ -90,6 +90,7 @@ class Simulation:
         election_ticks: int = 10,
         max_entries_per_msg: int = 8,
         max_inflight_msgs: int = 4,
+        max_inflight_bytes: int = 8 << 20,
         pre_vote: bool = True,
         check_quorum: bool = True,
     ) -> None:
@@ -103,6 +104,7 @@ class Simulation:
                 election_ticks=election_ticks,
                 max_entries_per_msg=max_entries_per_msg,
                 max_inflight_msgs=max_inflight_msgs,
+                max_inflight_bytes=max_inflight_bytes,
                 max_bytes_per_msg=256,
                 pre_vote=pre_vote,
                 check_quorum=check_quorum,
@@ -176,11 +178,12 @@ class Simulation:
             self.group[nid] = 0
         self._log("heal")
 
-    def propose(self, nid: str) -> bytes:
+    def propose(self, nid: str, size: int = 0) -> bytes:
+        """Propose a fresh payload at `nid`, padded to `size` bytes."""
         node = self.nodes[nid]
         assert node.core is not None
         self._payloads += 1
-        payload = f"p{self._payloads}".encode()
+        payload = f"p{self._payloads}".encode().ljust(size, b".")
         node.proposals[node.core.propose(payload)] = payload
         self._process(node)
         return payload

@@ -270,42 +270,67 @@ def _holds(sim: Simulation, nid: str, payload: bytes) -> bool:
     return core is not None and any(e.data == payload for e in core.log.entries)
 
 
-def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_follower_whose_match_stalled() -> None:
+class _LeaderAndFollower:
+    """A leader's core driven by hand, with one follower caught up and in REPLICATE."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.lead = sim.wait_for_leader()
+        self.core = sim.core(self.lead)
+        self.follower = next(n for n in sim.ids if n != self.lead)
+        progress = self.core.progress[self.follower]
+        sim.wait_for(
+            lambda: progress.state is ProgressState.REPLICATE and progress.match == self.core.log.last_index,
+            20,
+            "the follower caught up and in REPLICATE",
+        )
+        while self.core.has_ready():
+            self.appends_out()
+
+    def appends_out(self) -> list[Message]:
+        """Carry out the next Ready; the appends it sends the follower."""
+        rd = self.core.ready()
+        self.core.advance(rd)
+        return [m for m in rd.messages if m.type is MsgType.APPEND and m.dst == self.follower]
+
+    def answer(self, type_: MsgType, index: int = 0) -> None:
+        self.core.step(Message(type_, self.follower, self.lead, self.core.term, index=index))
+
+
+def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_stalled_follower_with_room_in_its_window() -> None:
     """Under load, heartbeat answers come while appends are out; an empty append for each
     would only draw a second answer.  A follower whose match has not moved since its
     previous heartbeat answer may have lost an append: that one gets an empty append,
     which its rejection turns into a resend."""
-    sim = Simulation(seed=9, nodes=3)
-    lead = sim.wait_for_leader()
-    core = sim.core(lead)
-    follower = next(n for n in sim.ids if n != lead)
-    progress = core.progress[follower]
-    sim.wait_for(
-        lambda: progress.state is ProgressState.REPLICATE and progress.match == core.log.last_index,
-        20,
-        "the follower caught up and in REPLICATE",
-    )
-
-    def appends_out() -> list[Message]:
-        rd = core.ready()
-        core.advance(rd)
-        return [m for m in rd.messages if m.type is MsgType.APPEND and m.dst == follower]
-
-    while core.has_ready():
-        appends_out()
-    core.propose(b"x")
-    assert [len(m.entries) for m in appends_out()] == [1]
-    x = core.log.last_index
-    core.propose(b"y")
-    assert [len(m.entries) for m in appends_out()] == [1]
-    y = core.log.last_index
-    beat_answer = Message(MsgType.HEARTBEAT_RESP, follower, lead, core.term)
-    core.step(Message(MsgType.APPEND_RESP, follower, lead, core.term, index=x))
-    core.step(beat_answer)
-    assert appends_out() == [], "an empty append to a follower whose match just moved"
-    core.step(beat_answer)  # nothing acknowledged since the previous answer
-    (probe,) = appends_out()
+    pair = _LeaderAndFollower(Simulation(seed=9, nodes=3))
+    pair.core.propose(b"x")
+    assert [len(m.entries) for m in pair.appends_out()] == [1]
+    x = pair.core.log.last_index
+    pair.core.propose(b"y")
+    assert [len(m.entries) for m in pair.appends_out()] == [1]
+    y = pair.core.log.last_index
+    pair.answer(MsgType.APPEND_RESP, x)
+    pair.answer(MsgType.HEARTBEAT_RESP)
+    assert pair.appends_out() == [], "an empty append to a follower whose match just moved"
+    pair.answer(MsgType.HEARTBEAT_RESP)  # nothing acknowledged since the previous answer
+    (probe,) = pair.appends_out()
     assert (probe.index, probe.entries) == (y, [])
+
+
+def test_a_heartbeat_answer_still_sends_entries_to_a_follower_with_a_full_window() -> None:
+    """A follower whose window is full while entries wait for it gets one more append at
+    every heartbeat answer, stalled or not: with a window of one, that is half its
+    catch-up."""
+    pair = _LeaderAndFollower(Simulation(seed=13, nodes=3, max_inflight_msgs=1, max_entries_per_msg=1))
+    pair.answer(MsgType.HEARTBEAT_RESP)
+    pair.appends_out()
+    for _ in range(3):
+        pair.core.propose(b"x")
+    (first,) = pair.appends_out()  # the window holds one append; two entries wait
+    pair.answer(MsgType.APPEND_RESP, first.entries[-1].index)
+    assert [len(m.entries) for m in pair.appends_out()] == [1]  # the freed slot, filled at once
+    pair.answer(MsgType.HEARTBEAT_RESP)  # match moved since the previous answer: not stalled
+    (more,) = pair.appends_out()
+    assert more.entries and more.entries[-1].index == pair.core.log.last_index
 
 
 @pytest.mark.parametrize("reading", [False, True], ids=["idle", "reads running"])
@@ -318,10 +343,18 @@ def test_a_follower_that_lost_the_last_append_gets_it_within_a_few_heartbeats(re
     first = sim.propose(lead)
     sim.wait_for(lambda: _holds(sim, follower, first), 20, "the first write on the follower")
     target = sim.core(lead).log.last_index + 1
-    sim.intercept = lambda m: None if m.dst == follower and any(e.index == target for e in m.entries) else m
+    dropped: list[Message] = []
+
+    def drop_the_append(m: Message) -> Message | None:
+        if m.dst == follower and any(e.index == target for e in m.entries):
+            dropped.append(m)
+            return None
+        return m
+
+    sim.intercept = drop_the_append
     lost = sim.propose(lead)
     sim.intercept = lambda m: m
-    assert not _holds(sim, follower, lost), "the append was not lost"
+    assert len(dropped) == 1, "the append was sent once, and lost"
     for _ in range(8):
         if reading:
             sim.read(lead)
@@ -329,3 +362,18 @@ def test_a_follower_that_lost_the_last_append_gets_it_within_a_few_heartbeats(re
         if _holds(sim, follower, lost):
             return
     raise AssertionError("the follower never got the lost append")
+
+
+def test_a_follower_whose_window_filled_by_bytes_is_caught_up_after_its_appends_were_lost() -> None:
+    """A window full by bytes with fewer appends than its count allows must still let one
+    more append go at a heartbeat answer, or a follower whose appends were lost is never
+    sent another."""
+    sim = Simulation(seed=14, nodes=3, max_entries_per_msg=1, max_inflight_msgs=64, max_inflight_bytes=600)
+    lead = sim.wait_for_leader()
+    follower = next(n for n in sim.ids if n != lead)
+    sim.wait_for(lambda: sim.core(lead).progress[follower].match == sim.core(lead).log.last_index, 20, "caught up")
+    sim.partition([lead, *(n for n in sim.ids if n != follower)], [follower])
+    writes = [sim.propose(lead, size=200) for _ in range(5)]
+    sim.run_ticks(3)
+    sim.heal()
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 100, "the follower holding every write")
