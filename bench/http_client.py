@@ -7,12 +7,14 @@ handling and response objects on every request) the benchmark's load generator u
 cores for 2,000 requests/s, 190 us a request, and the figure measured the client as much
 as the nodes; with this client it uses 0.15 cores for 3,100 requests/s, 48 us a request
 (JSON encoding and the benchmark's bookkeeping included) -- bench_gateway prints both
-figures in its CPU line.  This client does what a benchmark tool such as wrk does: it
-writes the request in one piece, reads the status line and headers, reads exactly
-`Content-Length` bytes of body, and closes the connection after an answer that says
-`Connection: close` -- which covers everything the gateway (aiohttp's server) answers.  Anything else (a chunked body, a connection closed
-mid-answer, a malformed head) raises `HttpError`; the connection is then closed and the
-next call opens a new one.
+figures in its CPU line.
+
+This client does what a benchmark tool such as wrk does: it writes the request in one
+piece, reads the status line and headers, reads exactly `Content-Length` bytes of body,
+and closes the connection after an answer that says `Connection: close` -- which covers
+everything the gateway (aiohttp's server) answers.  Anything else (a chunked body, a
+connection closed mid-answer, a malformed head) raises `HttpError`; the connection is
+then closed and the next call opens a new one.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ class HttpConnection:
             assert self._reader is not None
             self._writer.write(f"POST {path} HTTP/1.1\r\n{self._prefix}{len(body)}\r\n\r\n".encode() + body)
             status, length, close = _parse_head(await self._reader.readuntil(_HEAD_END))
-            body = await self._reader.readexactly(length)
+            answer = await self._reader.readexactly(length)
             if close:
                 self.close()
-            return status, body
+            return status, answer
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.close()
             raise HttpError(f"POST {path}: {type(exc).__name__}: {exc}") from exc

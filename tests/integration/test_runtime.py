@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.cluster import LocalCluster
+from server.cluster import LocalCluster, free_ports
 from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
 from tests.processes import alive, children
 
@@ -154,8 +154,6 @@ def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedP
 def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    from server.cluster import free_ports
-
     grpc_port, http_port, metrics_port = free_ports(3)
     base = {
         "NODE_ID": "n1",
@@ -172,8 +170,6 @@ def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
 
 def test_a_node_whose_port_is_taken_exits_naming_the_variable(tmp_path: Path) -> None:
     import socket
-
-    from server.cluster import free_ports
 
     grpc_port, metrics_port = free_ports(2)
     with socket.socket() as holder:
@@ -233,8 +229,6 @@ async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_p
 
 
 async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
-    from server.cluster import free_ports
-
     grpc_port, http_port, metrics_port = free_ports(3)
     launcher = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", "30",
