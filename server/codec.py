@@ -129,6 +129,7 @@ def _enc_append_entries_result(m: Message, b: pb.AppendEntriesResult) -> None:
     b.index = m.index
     b.conflict_index = m.conflict_index
     b.conflict_term = m.conflict_term
+    b.incarnation = m.incarnation
 
 
 def _dec_append_entries_result(t: MsgType, src: str, dst: str, term: int, b: pb.AppendEntriesResult) -> Message:
@@ -141,6 +142,7 @@ def _dec_append_entries_result(t: MsgType, src: str, dst: str, term: int, b: pb.
         index=b.index,
         conflict_index=b.conflict_index,
         conflict_term=b.conflict_term,
+        incarnation=b.incarnation,
     )
 
 
@@ -154,11 +156,20 @@ def _dec_heartbeat(t: MsgType, src: str, dst: str, term: int, b: pb.Heartbeat) -
     return Message(t, src, dst, term, commit=b.leader_commit, context=b.context, commit_only=b.commit_only)
 
 
-def _enc_context(m: Message, b: pb.HeartbeatResult | pb.ReadIndex) -> None:
+def _enc_heartbeat_result(m: Message, b: pb.HeartbeatResult) -> None:
+    b.context = m.context
+    b.incarnation = m.incarnation
+
+
+def _dec_heartbeat_result(t: MsgType, src: str, dst: str, term: int, b: pb.HeartbeatResult) -> Message:
+    return Message(t, src, dst, term, context=b.context, incarnation=b.incarnation)
+
+
+def _enc_context(m: Message, b: pb.ReadIndex) -> None:
     b.context = m.context
 
 
-def _dec_context(t: MsgType, src: str, dst: str, term: int, b: pb.HeartbeatResult | pb.ReadIndex) -> Message:
+def _dec_context(t: MsgType, src: str, dst: str, term: int, b: pb.ReadIndex) -> Message:
     return Message(t, src, dst, term, context=b.context)
 
 
@@ -236,7 +247,7 @@ _CODECS: dict[MsgType, tuple[str, _Encoder, _Decoder]] = {
     MsgType.APPEND: ("append_entries", _enc_append_entries, _dec_append_entries),
     MsgType.APPEND_RESP: ("append_entries_result", _enc_append_entries_result, _dec_append_entries_result),
     MsgType.HEARTBEAT: ("heartbeat", _enc_heartbeat, _dec_heartbeat),
-    MsgType.HEARTBEAT_RESP: ("heartbeat_result", _enc_context, _dec_context),
+    MsgType.HEARTBEAT_RESP: ("heartbeat_result", _enc_heartbeat_result, _dec_heartbeat_result),
     MsgType.SNAPSHOT: ("install_snapshot", _enc_install_snapshot, _dec_install_snapshot),
     MsgType.TIMEOUT_NOW: ("timeout_now", _enc_timeout_now, _dec_timeout_now),
     MsgType.PROPOSE: ("propose", _enc_propose, _dec_propose),

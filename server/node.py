@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import random
+import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -131,7 +132,9 @@ class Node:
         cfg = self.config
         client = await self._open_redis()
         self._storage = RedisRaftStorage(client, NodeKeys.for_node(cfg.cluster, cfg.node_id), owns_client=True)
-        raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks)
+        # A fresh incarnation per start lets the leader notice the restart (Config.incarnation).
+        incarnation = secrets.randbits(64) or 1
+        raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks, incarnation=incarnation)
         core = await open_core(raft_config, self._storage, random.Random())
         self._transport = GrpcTransport(cfg.node_id, cfg.peers)
         self.replica = Replica(

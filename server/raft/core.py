@@ -103,6 +103,12 @@ class RaftCore:
         # Proposals whose (term, index) is known, resolved once that index is applied.
         self._tracked: list[tuple[int, int, int]] = []  # heap of (index, term, pid)
         self._resolved_term = 0
+        # Follower side: the last index at which our log is known to match this term's
+        # leader's, learned in this process's life.  Heartbeats move commit no further:
+        # after a machine crash, storage short of fsync on every write may hold other
+        # entries than those a leader counted as ours (a lost truncation brings back
+        # overwritten ones), and the leader learns of the restart only from our answer.
+        self._leader_match = self.log.committed
         # Follower side: proposals and reads waiting for the leader; values are deadlines.
         self._forward: list[tuple[int, bytes]] = []
         self._awaiting_proposals: dict[int, int] = {}
@@ -195,7 +201,7 @@ class RaftCore:
         elif m.term < self.term:
             if t is MsgType.APPEND or t is MsgType.HEARTBEAT:
                 # Tell a stale leader about the newer term so it steps down (§9.6).
-                self._send(MsgType.APPEND_RESP, m.src, index=m.index, reject=True)
+                self._answer(MsgType.APPEND_RESP, m.src, index=m.index, reject=True)
             elif t is MsgType.PRE_VOTE:
                 self._send(MsgType.PRE_VOTE_RESP, m.src, reject=True)
             return
@@ -299,6 +305,7 @@ class RaftCore:
         if term > self.term:
             self.term = term
             self.vote = ""
+            self._leader_match = self.log.committed
         self._leave_leadership()
         self.role = Role.FOLLOWER
         self.leader = leader
@@ -324,6 +331,7 @@ class RaftCore:
         self._leave_leadership()
         self.term += 1
         self.vote = self.id
+        self._leader_match = self.log.committed
         self.role = Role.CANDIDATE
         self.leader = ""
         self._votes = {self.id: True}
@@ -467,9 +475,9 @@ class RaftCore:
             self._handle_append(m)
         elif t is MsgType.HEARTBEAT:
             self._heard_from_leader(m.src)
-            self.log.commit_to(min(m.commit, self.log.last_index))
+            self.log.commit_to(min(m.commit, self._leader_match))
             if not m.commit_only:
-                self._send(MsgType.HEARTBEAT_RESP, m.src, context=m.context)
+                self._answer(MsgType.HEARTBEAT_RESP, m.src, context=m.context)
         elif t is MsgType.SNAPSHOT:
             self._heard_from_leader(m.src)
             self._handle_snapshot(m)
@@ -491,7 +499,7 @@ class RaftCore:
         last = log.try_append(prev_index, prev_term, entries)
         if last is None:
             hint_index, hint_term = log.conflict_hint(m.index)
-            self._send(
+            self._answer(
                 MsgType.APPEND_RESP,
                 m.src,
                 index=m.index,
@@ -500,20 +508,22 @@ class RaftCore:
                 conflict_term=hint_term,
             )
             return
+        self._leader_match = max(self._leader_match, last)
         log.commit_to(min(m.commit, last))
-        self._send(MsgType.APPEND_RESP, m.src, index=last)
+        self._answer(MsgType.APPEND_RESP, m.src, index=last)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
         log = self.log
         if snap is None or snap.meta.index <= log.committed:
-            self._send(MsgType.APPEND_RESP, m.src, index=log.committed)
+            self._answer(MsgType.APPEND_RESP, m.src, index=log.committed)
             return
         if log.matches(snap.meta.index, snap.meta.term):
             log.commit_to(snap.meta.index)  # we hold that entry: just move commit
         else:
             log.restore(snap)
-        self._send(MsgType.APPEND_RESP, m.src, index=snap.meta.index)
+        self._leader_match = max(self._leader_match, snap.meta.index)
+        self._answer(MsgType.APPEND_RESP, m.src, index=snap.meta.index)
 
     # ------------------------------------------------------------------ leader
 
@@ -522,10 +532,11 @@ class RaftCore:
         if pr is None:
             return
         t = m.type
+        restarted = pr.answered_from(m.incarnation)
         if t is MsgType.APPEND_RESP:
             pr.recent_active = True
             if m.reject:
-                if pr.rejected(m.index, self._next_from_hint(m)):
+                if pr.rejected(m.index, self._next_from_hint(m)) or restarted:
                     self._send_append(m.src, allow_empty=True)
                 return
             if pr.acked(m.index):
@@ -800,6 +811,11 @@ class RaftCore:
         self._msgs.append(
             Message(type_, self.id, to, self.term if term is None else term, **fields)  # type: ignore[arg-type]
         )
+
+    def _answer(self, type_: MsgType, leader: NodeId, **fields: object) -> None:
+        """An answer to a leader, which carries this process's incarnation."""
+        fields["incarnation"] = self.config.incarnation
+        self._send(type_, leader, None, **fields)
 
     def _random_timeout(self) -> int:
         n = self.config.election_ticks

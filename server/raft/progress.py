@@ -30,6 +30,7 @@ class Progress:
         "snapshot_ticks",
         "sent_commit",
         "match_at_beat",
+        "incarnation",
     )
 
     def __init__(self, next_index: int) -> None:
@@ -44,6 +45,7 @@ class Progress:
         self.snapshot_ticks = 0
         self.sent_commit = 0
         self.match_at_beat = 0  # match when the previous heartbeat answer came
+        self.incarnation = 0  # of the follower's latest answer; 0 before the first
 
     def paused(self, max_msgs: int, max_bytes: int) -> bool:
         if self.state is ProgressState.PROBE:
@@ -108,6 +110,31 @@ class Progress:
         stalled = self.state is not ProgressState.REPLICATE or self.match == self.match_at_beat
         self.match_at_beat = self.match
         return stalled
+
+    def answered_from(self, incarnation: int) -> bool:
+        """Note the process life an answer came from; True if the follower restarted.
+
+        On storage that does not fsync every write, a follower back from a machine crash
+        may hold less than it acknowledged.  Its refusals of appends at or below the
+        recorded match would look stale, and it would never be caught up while this
+        leader lasts.  So a new incarnation makes match unknown again, and the leader
+        probes down from `next`, where its appends had got to (a snapshot being sent is
+        sent again).  A late answer from the previous life counts as one more restart:
+        its ack puts back what that life held, until the new life answers again.  0
+        (messages other than answers) changes nothing.
+        """
+        if not incarnation or incarnation == self.incarnation:
+            return False
+        known, self.incarnation = self.incarnation, incarnation
+        if not known:
+            return False
+        next_index = self.next
+        self._reset(ProgressState.PROBE)
+        self.next = next_index
+        self.match = 0
+        self.match_at_beat = 0
+        self.sent_commit = 0
+        return True
 
     def release_one(self) -> None:
         if len(self.inflight):

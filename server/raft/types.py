@@ -109,6 +109,8 @@ class Message:
     # HEARTBEAT that only tells a new commit index: left unanswered, since the append
     # responses and the periodic heartbeats already keep the leader's view current.
     commit_only: bool = False
+    # APPEND_RESP / HEARTBEAT_RESP: the sender's Config.incarnation (0: not tracked).
+    incarnation: int = 0
 
 
 class FailReason(enum.IntEnum):
@@ -204,11 +206,17 @@ class Config:
     max_inflight_bytes: int = 8 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    # Random per start of the process, sent with every answer to a leader, so the leader
+    # can tell a restarted follower -- which, on storage that does not fsync every write,
+    # may hold less than it acknowledged -- from one that is merely slow.  0: not sent.
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         if self.node_id not in self.voters:
             raise ValueError(f"node {self.node_id!r} is not among the voters {list(self.voters)}")
         if len(set(self.voters)) != len(self.voters):
             raise ValueError(f"voters must be distinct, got {list(self.voters)}")
+        if not 0 <= self.incarnation < 1 << 64:
+            raise ValueError(f"incarnation must fit in 64 bits unsigned, got {self.incarnation}")
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("need 1 <= heartbeat_ticks < election_ticks")

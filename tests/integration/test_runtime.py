@@ -14,8 +14,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from server.cluster import LocalCluster, free_ports
+from server.storage.embedded_redis import EmbeddedRedis, RedisStartError
+from server.storage.keys import NodeKeys
 from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
 from tests.processes import alive, children
 
@@ -130,6 +133,60 @@ async def test_a_restarted_node_keeps_its_term_and_vote(cluster: LocalCluster) -
     assert int(again["term"]) >= int(replica["term"])
     if again["term"] == replica["term"]:
         assert again["vote"] == replica["vote"], "the node forgot whom it voted for in this term"
+
+
+async def _forget_last_entries(cluster: LocalCluster, name: str, count: int) -> None:
+    """What a machine crash may do to a stopped node on appendfsync everysec or no: its
+    last `count` log entries are gone, and its commit index with them."""
+    node = cluster.node(name)
+    keys = NodeKeys.for_node(cluster.env_for(node).get("CLUSTER_NAME", "dsync"), name)
+    server = EmbeddedRedis(node.data_dir / "redis")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await server.start()
+            break
+        except RedisStartError:  # the killed node's redis-server is still on its way out
+            assert time.monotonic() < deadline, f"{name}'s redis-server never let go of its data dir"
+            await asyncio.sleep(0.05)
+    client = Redis.from_url(server.url)
+    try:
+        length = await client.llen(keys.log)
+        assert 0 < count < length, f"{name} holds {length} entries; cannot forget {count} of them"
+        assert not await client.exists(keys.snapshot), f"{name} took a snapshot; forgetting entries would need more"
+        start = int(await client.hget(keys.log_start, "index") or 0)
+        kept = start + length - count
+        await client.ltrim(keys.log, 0, length - count - 1)
+        commit = int(await client.hget(keys.hard_state, "commit") or 0)
+        await client.hset(keys.hard_state, "commit", min(commit, kept))
+    finally:
+        await client.aclose()
+        await server.stop()
+
+
+async def test_a_follower_back_without_writes_it_acknowledged_is_caught_up_by_the_same_leader(
+    cluster: LocalCluster, kv: Kv
+) -> None:
+    """The leader counted those writes on the follower; it must notice the restart and
+    send them again, or the follower stays behind for as long as that leader leads."""
+    leader = await cluster.wait_for_leader(timeout=10)
+    follower = next(n.name for n in cluster if n.name != leader)
+    last = 0
+    for i in range(10):
+        last = await kv.put(leader, f"k{i}", b"v")
+    await _applied_everywhere(cluster, last)
+    before = cluster.state(leader)
+    assert before is not None
+    await cluster.kill(follower)
+    await _forget_last_entries(cluster, follower, 5)
+    await cluster.start(follower)
+    for i in range(10, 13):
+        last = await kv.put(leader, f"k{i}", b"v")
+    await _applied_everywhere(cluster, last, timeout=10)
+    assert await kv.get(follower, "k9", linearizable=False) == b"v"
+    after = cluster.state(leader)
+    assert after is not None and after["role"] == "leader"
+    assert after["term"] == before["term"], "caught up by the same leader"
 
 
 def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -17,11 +17,12 @@ Every Ready is checked as it is carried out:
 
 from __future__ import annotations
 
+import copy
 import heapq
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.raft import (
     DEFINITE_FAILURES,
@@ -71,6 +72,7 @@ class SimNode:
     applied_chain: int = 0
     proposals: dict[int, bytes] = field(default_factory=dict)  # pid -> payload, until its outcome
     reads: dict[bytes, int] = field(default_factory=dict)  # context -> commit floor when asked
+    boots: int = 0  # its incarnation: a restarted core answers as a new one
 
 
 @dataclass
@@ -146,7 +148,9 @@ class Simulation:
         node = self.nodes[nid]
         disk = node.disk
         core_rng = random.Random(self.rng.getrandbits(64))
-        node.core = RaftCore(self.config[nid], core_rng, disk.hard, disk.snapshot, disk.entries)
+        node.boots += 1
+        config = replace(self.config[nid], incarnation=node.boots)
+        node.core = RaftCore(config, core_rng, disk.hard, disk.snapshot, disk.entries)
         node.applied = disk.snapshot.meta.index
         node.applied_chain = disk.base_chain()
         node.proposals.clear()
@@ -157,6 +161,17 @@ class Simulation:
         self.nodes[nid].proposals.clear()
         self.nodes[nid].reads.clear()
         self._log(f"crash {nid}")
+
+    def disk_image(self, nid: str) -> Disk:
+        """A copy of what `nid` has saved so far, for `rewind`."""
+        return copy.deepcopy(self.nodes[nid].disk)
+
+    def rewind(self, nid: str, image: Disk) -> None:
+        """What a machine crash may do to a crashed node whose storage does not fsync every
+        write: everything it saved since `image` was taken is gone."""
+        assert self.nodes[nid].core is None, "only a crashed node loses what it saved"
+        self.nodes[nid].disk = copy.deepcopy(image)
+        self._log(f"{nid} lost what it saved after its commit {image.hard.commit}")
 
     def up(self) -> list[str]:
         return [nid for nid in self.ids if self.nodes[nid].core is not None]

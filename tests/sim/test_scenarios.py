@@ -292,8 +292,8 @@ class _LeaderAndFollower:
         self.core.advance(rd)
         return [m for m in rd.messages if m.type is MsgType.APPEND and m.dst == self.follower]
 
-    def answer(self, type_: MsgType, index: int = 0) -> None:
-        self.core.step(Message(type_, self.follower, self.lead, self.core.term, index=index))
+    def answer(self, type_: MsgType, index: int = 0, **fields: object) -> None:
+        self.core.step(Message(type_, self.follower, self.lead, self.core.term, index=index, **fields))  # type: ignore[arg-type]
 
 
 def test_a_heartbeat_answer_draws_an_empty_append_only_from_a_stalled_follower_with_room_in_its_window() -> None:
@@ -377,3 +377,105 @@ def test_a_follower_whose_window_filled_by_bytes_is_caught_up_after_its_appends_
     sim.run_ticks(3)
     sim.heal()
     sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 100, "the follower holding every write")
+
+
+@pytest.mark.parametrize("writes_after", [False, True], ids=["idle", "writes after"])
+def test_a_follower_back_without_entries_it_acknowledged_is_caught_up_by_the_same_leader(writes_after: bool) -> None:
+    """With appendfsync everysec a machine crash can take back the last writes a follower
+    acknowledged.  The leader's match for it is then too high: appends after that match
+    are refused, and refusals at or below it look stale.  The follower's new incarnation
+    tells the leader to find its match again."""
+    sim = Simulation(seed=21, nodes=3)
+    lead = sim.wait_for_leader()
+    term = sim.core(lead).term
+    follower = next(n for n in sim.ids if n != lead)
+    writes = [sim.propose(lead) for _ in range(2)]
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 30, "the first writes on the follower")
+    image = sim.disk_image(follower)
+    writes += [sim.propose(lead) for _ in range(4)]
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 30, "every write on the follower")
+    sim.crash(follower)
+    sim.rewind(follower, image)
+    sim.start(follower)
+    assert not any(_holds(sim, follower, w) for w in writes[2:])
+    if writes_after:
+        writes.append(sim.propose(lead))
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 20, "the follower holding every write again")
+    assert (sim.leader(), sim.core(lead).term) == (lead, term), "the same leader caught it up"
+
+
+@pytest.mark.parametrize("kept_term", [False, True], ids=["new term lost too", "new term kept"])
+def test_a_follower_back_with_entries_it_had_overwritten_does_not_commit_them_on_a_heartbeat(kept_term: bool) -> None:
+    """A lost write can be a truncation: the follower comes back holding an old leader's
+    uncommitted entries where the new leader counted its own.  The new leader's first
+    heartbeat, sent before it learns of the restart, tells a commit index past them; the
+    follower must commit only what it has matched with this leader since it started,
+    whether or not it still knows the new term (the simulator's state machine safety
+    check fails otherwise)."""
+    sim = Simulation(seed=23, nodes=5)
+    old = sim.wait_for_leader()
+    follower = next(n for n in sim.ids if n != old)
+    others = [n for n in sim.ids if n not in (old, follower)]
+    sim.wait_for(lambda: all(sim.core(old).progress[n].match == sim.core(old).log.last_index for n in sim.ids if n != old), 30, "everyone caught up")
+    # The old leader's next entries reach the follower alone: two of five never commit.
+    sim.partition([old, follower], others)
+    doomed = [sim.propose(old) for _ in range(3)]
+    sim.wait_for(lambda: all(_holds(sim, follower, d) for d in doomed), 20, "the doomed entries on the follower")
+    image = sim.disk_image(follower)
+    sim.crash(old)
+    sim.partition([follower], others)
+    new = sim.wait_for_leader(among=others)
+    writes = [sim.propose(new) for _ in range(3)]
+    sim.heal()
+    counted = sim.core(new).progress[follower]
+    sim.wait_for(lambda: counted.match == sim.core(new).log.last_index, 50, "the new leader counting the follower")
+    assert all(_holds(sim, follower, w) for w in writes) and not any(_holds(sim, follower, d) for d in doomed)
+    if kept_term:  # saved before the appends that truncated the doomed entries
+        image.hard = replace(image.hard, term=sim.core(new).term, vote="")
+    sim.crash(follower)
+    sim.rewind(follower, image)
+    sim.start(follower)
+    assert all(_holds(sim, follower, d) for d in doomed)
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 30, "the follower holding the new leader's writes again")
+    assert sim.leader() == new
+    assert not any(d in sim.applied_payloads for d in doomed)
+
+
+def _pipelined_pair(seed: int, appends: int) -> tuple[_LeaderAndFollower, int]:
+    """A leader with `appends` one-entry appends out to its follower; the leader's last index."""
+    pair = _LeaderAndFollower(Simulation(seed=seed, nodes=3))
+    for _ in range(appends):
+        pair.core.propose(b"x")
+        pair.appends_out()
+    return pair, pair.core.log.last_index
+
+
+def test_an_answer_from_a_new_incarnation_restarts_the_search_for_the_followers_match() -> None:
+    pair, last = _pipelined_pair(seed=22, appends=3)
+    pair.answer(MsgType.APPEND_RESP, last)
+    pr = pair.core.progress[pair.follower]
+    life = pr.incarnation
+    assert life and pr.match == last
+    pair.answer(MsgType.HEARTBEAT_RESP, incarnation=0)  # no incarnation (an older node): nothing changes
+    pair.answer(MsgType.HEARTBEAT_RESP, incarnation=life)
+    assert (pr.state, pr.match, pair.appends_out()) == (ProgressState.REPLICATE, last, [])
+    pair.answer(MsgType.HEARTBEAT_RESP, incarnation=life + 1)
+    (probe,) = pair.appends_out()
+    assert (pr.state, pr.match, pr.incarnation) == (ProgressState.PROBE, 0, life + 1)
+    assert probe.index == last, "the probe starts where the leader's appends had got to"
+    # A late ack from the previous life counts as one more restart, and was true when sent;
+    # the new life's next answer starts over again, and its ack ends the search.
+    pair.answer(MsgType.APPEND_RESP, last - 1, incarnation=life)
+    assert (pr.state, pr.match, pr.incarnation) == (ProgressState.REPLICATE, last - 1, life)
+    pair.answer(MsgType.APPEND_RESP, last, incarnation=life + 1)
+    assert (pr.state, pr.match, pr.incarnation) == (ProgressState.REPLICATE, last, life + 1)
+
+
+def test_a_new_incarnation_refusing_an_older_append_draws_a_probe_at_once() -> None:
+    """Its refusal of an append behind the latest one is not what PROBE waits for; the
+    restart alone is reason enough to probe, rather than wait for a heartbeat answer."""
+    pair, last = _pipelined_pair(seed=24, appends=3)
+    life = pair.core.progress[pair.follower].incarnation
+    pair.answer(MsgType.APPEND_RESP, last - 2, incarnation=life + 1, reject=True, conflict_index=last - 3)
+    (probe,) = pair.appends_out()
+    assert probe.index == last

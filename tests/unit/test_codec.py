@@ -27,9 +27,9 @@ CARRIED: dict[MsgType, frozenset[str]] = {
     MsgType.VOTE: frozenset({"index", "log_term", "force"}),
     MsgType.VOTE_RESP: frozenset({"reject"}),
     MsgType.APPEND: frozenset({"index", "log_term", "entries", "commit"}),
-    MsgType.APPEND_RESP: frozenset({"reject", "index", "conflict_index", "conflict_term"}),
+    MsgType.APPEND_RESP: frozenset({"reject", "index", "conflict_index", "conflict_term", "incarnation"}),
     MsgType.HEARTBEAT: frozenset({"commit", "context", "commit_only"}),
-    MsgType.HEARTBEAT_RESP: frozenset({"context"}),
+    MsgType.HEARTBEAT_RESP: frozenset({"context", "incarnation"}),
     MsgType.SNAPSHOT: frozenset({"snapshot"}),
     MsgType.TIMEOUT_NOW: frozenset(),
     MsgType.PROPOSE: frozenset({"entries", "proposal_ids"}),
@@ -69,6 +69,7 @@ def messages(msg_type: MsgType) -> st.SearchStrategy[Message]:
         force=st.booleans(),
         target=node_ids,
         commit_only=st.booleans(),
+        incarnation=u64,
     )
 
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64sync/raft/v1/raft.proto\x12\rdsync.raft.v1\"=\n\rStreamRequest\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.dsync.raft.v1.RaftMessage\"\x10\n\x0eStreamResponse\"Z\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.dsync.raft.v1.EntryKind\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\";\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\t\"\xef\x06\n\x0bRaftMessage\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12.\n\x08pre_vote\x18\x04 \x01(\x0b\x32\x1a.dsync.raft.v1.RequestVoteH\x00\x12;\n\x0fpre_vote_result\x18\x05 \x01(\x0b\x32 .dsync.raft.v1.RequestVoteResultH\x00\x12*\n\x04vote\x18\x06 \x01(\x0b\x32\x1a.dsync.raft.v1.RequestVoteH\x00\x12\x37\n\x0bvote_result\x18\x07 \x01(\x0b\x32 .dsync.raft.v1.RequestVoteResultH\x00\x12\x36\n\x0e\x61ppend_entries\x18\x08 \x01(\x0b\x32\x1c.dsync.raft.v1.AppendEntriesH\x00\x12\x43\n\x15\x61ppend_entries_result\x18\t \x01(\x0b\x32\".dsync.raft.v1.AppendEntriesResultH\x00\x12-\n\theartbeat\x18\n \x01(\x0b\x32\x18.dsync.raft.v1.HeartbeatH\x00\x12:\n\x10heartbeat_result\x18\x0b \x01(\x0b\x32\x1e.dsync.raft.v1.HeartbeatResultH\x00\x12:\n\x10install_snapshot\x18\x0c \x01(\x0b\x32\x1e.dsync.raft.v1.InstallSnapshotH\x00\x12\x30\n\x0btimeout_now\x18\r \x01(\x0b\x32\x19.dsync.raft.v1.TimeoutNowH\x00\x12)\n\x07propose\x18\x0e \x01(\x0b\x32\x16.dsync.raft.v1.ProposeH\x00\x12\x36\n\x0epropose_result\x18\x0f \x01(\x0b\x32\x1c.dsync.raft.v1.ProposeResultH\x00\x12.\n\nread_index\x18\x10 \x01(\x0b\x32\x18.dsync.raft.v1.ReadIndexH\x00\x12;\n\x11read_index_result\x18\x11 \x01(\x0b\x32\x1e.dsync.raft.v1.ReadIndexResultH\x00\x12\x38\n\x0ftransfer_leader\x18\x12 \x01(\x0b\x32\x1d.dsync.raft.v1.TransferLeaderH\x00\x42\x06\n\x04\x62ody\"K\n\x0bRequestVote\x12\x16\n\x0elast_log_index\x18\x01 \x01(\x04\x12\x15\n\rlast_log_term\x18\x02 \x01(\x04\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x11RequestVoteResult\x12\x0e\n\x06reject\x18\x01 \x01(\x08\"|\n\rAppendEntries\x12\x16\n\x0eprev_log_index\x18\x01 \x01(\x04\x12\x15\n\rprev_log_term\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.dsync.raft.v1.Entry\x12\x15\n\rleader_commit\x18\x04 \x01(\x04\"c\n\x13\x41ppendEntriesResult\x12\x0e\n\x06reject\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x03 \x01(\x04\x12\x15\n\rconflict_term\x18\x04 \x01(\x04\"H\n\tHeartbeat\x12\x15\n\rleader_commit\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63ommit_only\x18\x03 \x01(\x08\"\"\n\x0fHeartbeatResult\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\"h\n\x0fInstallSnapshot\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.dsync.raft.v1.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04more\x18\x04 \x01(\x08\"\x0c\n\nTimeoutNow\"F\n\x07Propose\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.dsync.raft.v1.Entry\x12\x14\n\x0cproposal_ids\x18\x02 \x03(\x04\"V\n\rProposeResult\x12\x14\n\x0cproposal_ids\x18\x01 \x03(\x04\x12\x0e\n\x06reject\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x10\n\x08log_term\x18\x04 \x01(\x04\"\x1c\n\tReadIndex\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\"A\n\x0fReadIndexResult\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0e\n\x06reject\x18\x03 \x01(\x08\" \n\x0eTransferLeader\x12\x0e\n\x06target\x18\x01 \x01(\t*S\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_NORMAL\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_NOOP\x10\x02\x32V\n\x0bRaftService\x12G\n\x06Stream\x12\x1c.dsync.raft.v1.StreamRequest\x1a\x1d.dsync.raft.v1.StreamResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64sync/raft/v1/raft.proto\x12\rdsync.raft.v1\"=\n\rStreamRequest\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.dsync.raft.v1.RaftMessage\"\x10\n\x0eStreamResponse\"Z\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.dsync.raft.v1.EntryKind\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"7\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x0c\n\x04vote\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\";\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\t\"\xef\x06\n\x0bRaftMessage\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12.\n\x08pre_vote\x18\x04 \x01(\x0b\x32\x1a.dsync.raft.v1.RequestVoteH\x00\x12;\n\x0fpre_vote_result\x18\x05 \x01(\x0b\x32 .dsync.raft.v1.RequestVoteResultH\x00\x12*\n\x04vote\x18\x06 \x01(\x0b\x32\x1a.dsync.raft.v1.RequestVoteH\x00\x12\x37\n\x0bvote_result\x18\x07 \x01(\x0b\x32 .dsync.raft.v1.RequestVoteResultH\x00\x12\x36\n\x0e\x61ppend_entries\x18\x08 \x01(\x0b\x32\x1c.dsync.raft.v1.AppendEntriesH\x00\x12\x43\n\x15\x61ppend_entries_result\x18\t \x01(\x0b\x32\".dsync.raft.v1.AppendEntriesResultH\x00\x12-\n\theartbeat\x18\n \x01(\x0b\x32\x18.dsync.raft.v1.HeartbeatH\x00\x12:\n\x10heartbeat_result\x18\x0b \x01(\x0b\x32\x1e.dsync.raft.v1.HeartbeatResultH\x00\x12:\n\x10install_snapshot\x18\x0c \x01(\x0b\x32\x1e.dsync.raft.v1.InstallSnapshotH\x00\x12\x30\n\x0btimeout_now\x18\r \x01(\x0b\x32\x19.dsync.raft.v1.TimeoutNowH\x00\x12)\n\x07propose\x18\x0e \x01(\x0b\x32\x16.dsync.raft.v1.ProposeH\x00\x12\x36\n\x0epropose_result\x18\x0f \x01(\x0b\x32\x1c.dsync.raft.v1.ProposeResultH\x00\x12.\n\nread_index\x18\x10 \x01(\x0b\x32\x18.dsync.raft.v1.ReadIndexH\x00\x12;\n\x11read_index_result\x18\x11 \x01(\x0b\x32\x1e.dsync.raft.v1.ReadIndexResultH\x00\x12\x38\n\x0ftransfer_leader\x18\x12 \x01(\x0b\x32\x1d.dsync.raft.v1.TransferLeaderH\x00\x42\x06\n\x04\x62ody\"K\n\x0bRequestVote\x12\x16\n\x0elast_log_index\x18\x01 \x01(\x04\x12\x15\n\rlast_log_term\x18\x02 \x01(\x04\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"#\n\x11RequestVoteResult\x12\x0e\n\x06reject\x18\x01 \x01(\x08\"|\n\rAppendEntries\x12\x16\n\x0eprev_log_index\x18\x01 \x01(\x04\x12\x15\n\rprev_log_term\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.dsync.raft.v1.Entry\x12\x15\n\rleader_commit\x18\x04 \x01(\x04\"x\n\x13\x41ppendEntriesResult\x12\x0e\n\x06reject\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x16\n\x0e\x63onflict_index\x18\x03 \x01(\x04\x12\x15\n\rconflict_term\x18\x04 \x01(\x04\x12\x13\n\x0bincarnation\x18\x05 \x01(\x04\"H\n\tHeartbeat\x12\x15\n\rleader_commit\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63ommit_only\x18\x03 \x01(\x08\"7\n\x0fHeartbeatResult\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\"h\n\x0fInstallSnapshot\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.dsync.raft.v1.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04more\x18\x04 \x01(\x08\"\x0c\n\nTimeoutNow\"F\n\x07Propose\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.dsync.raft.v1.Entry\x12\x14\n\x0cproposal_ids\x18\x02 \x03(\x04\"V\n\rProposeResult\x12\x14\n\x0cproposal_ids\x18\x01 \x03(\x04\x12\x0e\n\x06reject\x18\x02 \x01(\x08\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x10\n\x08log_term\x18\x04 \x01(\x04\"\x1c\n\tReadIndex\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\"A\n\x0fReadIndexResult\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0e\n\x06reject\x18\x03 \x01(\x08\" \n\x0eTransferLeader\x12\x0e\n\x06target\x18\x01 \x01(\t*S\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_NORMAL\x10\x01\x12\x13\n\x0f\x45NTRY_KIND_NOOP\x10\x02\x32V\n\x0bRaftService\x12G\n\x06Stream\x12\x1c.dsync.raft.v1.StreamRequest\x1a\x1d.dsync.raft.v1.StreamResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dsync.raft.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYKIND']._serialized_start=2078
-  _globals['_ENTRYKIND']._serialized_end=2161
+  _globals['_ENTRYKIND']._serialized_start=2120
+  _globals['_ENTRYKIND']._serialized_end=2203
   _globals['_STREAMREQUEST']._serialized_start=43
   _globals['_STREAMREQUEST']._serialized_end=104
   _globals['_STREAMRESPONSE']._serialized_start=106
@@ -52,25 +52,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDENTRIES']._serialized_start=1330
   _globals['_APPENDENTRIES']._serialized_end=1454
   _globals['_APPENDENTRIESRESULT']._serialized_start=1456
-  _globals['_APPENDENTRIESRESULT']._serialized_end=1555
-  _globals['_HEARTBEAT']._serialized_start=1557
-  _globals['_HEARTBEAT']._serialized_end=1629
-  _globals['_HEARTBEATRESULT']._serialized_start=1631
-  _globals['_HEARTBEATRESULT']._serialized_end=1665
-  _globals['_INSTALLSNAPSHOT']._serialized_start=1667
-  _globals['_INSTALLSNAPSHOT']._serialized_end=1771
-  _globals['_TIMEOUTNOW']._serialized_start=1773
-  _globals['_TIMEOUTNOW']._serialized_end=1785
-  _globals['_PROPOSE']._serialized_start=1787
-  _globals['_PROPOSE']._serialized_end=1857
-  _globals['_PROPOSERESULT']._serialized_start=1859
-  _globals['_PROPOSERESULT']._serialized_end=1945
-  _globals['_READINDEX']._serialized_start=1947
-  _globals['_READINDEX']._serialized_end=1975
-  _globals['_READINDEXRESULT']._serialized_start=1977
-  _globals['_READINDEXRESULT']._serialized_end=2042
-  _globals['_TRANSFERLEADER']._serialized_start=2044
-  _globals['_TRANSFERLEADER']._serialized_end=2076
-  _globals['_RAFTSERVICE']._serialized_start=2163
-  _globals['_RAFTSERVICE']._serialized_end=2249
+  _globals['_APPENDENTRIESRESULT']._serialized_end=1576
+  _globals['_HEARTBEAT']._serialized_start=1578
+  _globals['_HEARTBEAT']._serialized_end=1650
+  _globals['_HEARTBEATRESULT']._serialized_start=1652
+  _globals['_HEARTBEATRESULT']._serialized_end=1707
+  _globals['_INSTALLSNAPSHOT']._serialized_start=1709
+  _globals['_INSTALLSNAPSHOT']._serialized_end=1813
+  _globals['_TIMEOUTNOW']._serialized_start=1815
+  _globals['_TIMEOUTNOW']._serialized_end=1827
+  _globals['_PROPOSE']._serialized_start=1829
+  _globals['_PROPOSE']._serialized_end=1899
+  _globals['_PROPOSERESULT']._serialized_start=1901
+  _globals['_PROPOSERESULT']._serialized_end=1987
+  _globals['_READINDEX']._serialized_start=1989
+  _globals['_READINDEX']._serialized_end=2017
+  _globals['_READINDEXRESULT']._serialized_start=2019
+  _globals['_READINDEXRESULT']._serialized_end=2084
+  _globals['_TRANSFERLEADER']._serialized_start=2086
+  _globals['_TRANSFERLEADER']._serialized_end=2118
+  _globals['_RAFTSERVICE']._serialized_start=2205
+  _globals['_RAFTSERVICE']._serialized_end=2291
 # @@protoc_insertion_point(module_scope)

@@ -355,6 +355,7 @@ class AppendEntriesResult(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     CONFLICT_INDEX_FIELD_NUMBER: _builtins.int
     CONFLICT_TERM_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     reject: _builtins.bool
     """True when prev_log_index/prev_log_term did not match the follower's log."""
     index: _builtins.int
@@ -362,6 +363,8 @@ class AppendEntriesResult(_message.Message):
     conflict_index: _builtins.int
     """On reject: the fast back-off hints (Raft thesis 5.3)."""
     conflict_term: _builtins.int
+    incarnation: _builtins.int
+    """The answering process's incarnation (see HeartbeatResult.incarnation)."""
     def __init__(
         self,
         *,
@@ -369,10 +372,11 @@ class AppendEntriesResult(_message.Message):
         index: _builtins.int = ...,
         conflict_index: _builtins.int = ...,
         conflict_term: _builtins.int = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "conflict_term", b"conflict_term", "index", b"index", "reject", b"reject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflict_index", b"conflict_index", "conflict_term", b"conflict_term", "incarnation", b"incarnation", "index", b"index", "reject", b"reject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,15 +420,22 @@ class HeartbeatResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     context: _builtins.bytes
+    incarnation: _builtins.int
+    """Random per start of the answering process, never 0 (0: not sent). A leader that sees
+    it change knows the follower restarted and may hold less than it acknowledged, since
+    storage short of fsync on every write can lose its last writes on a machine crash.
+    """
     def __init__(
         self,
         *,
         context: _builtins.bytes = ...,
+        incarnation: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "incarnation", b"incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
