@@ -65,6 +65,7 @@ class NodeConfig:
     tick_ms: int
     election_ticks: int
     snapshot_entries: int
+    snapshot_catchup_entries: int
     # Part of the replicated state machine's contract: every node must use the same values.
     cache_max_entries: int
     cache_max_bytes: int
@@ -234,6 +235,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
         tick_ms=_int(env, "TICK_MS", 50, 1, 10_000),
         election_ticks=_int(env, "ELECTION_TICKS", 10, 2, 1000),
         snapshot_entries=_int(env, "SNAPSHOT_ENTRIES", 100_000, 100, 100_000_000),
+        snapshot_catchup_entries=_int(env, "SNAPSHOT_CATCHUP_ENTRIES", 5_000, 0, 100_000_000),
         cache_max_entries=_int(env, "CACHE_MAX_ENTRIES", 100_000, 1, 100_000_000),
         cache_max_bytes=_int(env, "CACHE_MAX_BYTES", 256 << 20, 1024, 1 << 40),
         cache_policy=cache_policy,

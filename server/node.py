@@ -144,6 +144,7 @@ class Node:
             self.machine,
             tick_interval=cfg.tick_ms / 1000,
             snapshot_entries=cfg.snapshot_entries,
+            snapshot_catchup_entries=cfg.snapshot_catchup_entries,
         )
 
         server = grpc.aio.server(options=wire.SERVER_OPTIONS, interceptors=[StatsInterceptor(self.grpc_requests)])

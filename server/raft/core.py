@@ -69,7 +69,10 @@ class RaftCore:
         hard_state: HardState | None = None,
         snapshot: Snapshot | None = None,
         entries: Iterable[Entry] = (),
+        log_start: SnapshotMeta | None = None,
     ) -> None:
+        """`entries` follow `log_start` (by default the snapshot's index), which may lie
+        before the snapshot: a compacted log keeps some of the entries its snapshot covers."""
         hs = hard_state or HardState()
         self.id = config.node_id
         self.config = config
@@ -80,7 +83,7 @@ class RaftCore:
         self.term = hs.term
         self.vote = hs.vote
         base = snapshot or Snapshot(SnapshotMeta(0, 0, config.voters))
-        self.log = RaftLog(base, list(entries), hs.commit)
+        self.log = RaftLog(base, list(entries), hs.commit, log_start)
         self.role = Role.FOLLOWER
         self.leader: NodeId = ""
         self._election_elapsed = 0
@@ -172,10 +175,11 @@ class RaftCore:
         else:
             self._send_append(target, allow_empty=True)
 
-    def compact(self, index: int, data: bytes) -> None:
-        """Record a state-machine snapshot taken at applied `index`; drop the log before it."""
+    def compact(self, index: int, data: bytes, retain: int = 0) -> None:
+        """Record a state-machine snapshot taken at applied `index`; drop the log before it
+        but its last `retain` entries, which followers a little behind still get as entries."""
         meta = self.log.meta_at(index, self.config.voters)
-        self.log.compact(Snapshot(meta, data))
+        self.log.compact(Snapshot(meta, data), retain)
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer.  Messages from unknown nodes are ignored."""
@@ -291,6 +295,7 @@ class RaftCore:
             "leader": self.leader,
             "commit": self.log.committed,
             "applied": self.log.applied,
+            "snapshot_index": self.log.snapshot.meta.index,
             "first_index": self.log.first_index,
             "last_index": self.log.last_index,
             "progress": {

@@ -3,10 +3,14 @@
 The core owns its log in memory; the driver keeps a durable copy from what each
 Ready hands it and rebuilds the core from that copy at boot.
 
+The log starts after `start`, at or before the latest snapshot: a leader that compacts
+keeps some entries its snapshot covers, so a follower a little behind gets entries
+rather than the whole snapshot (etcd's snapshot catch-up entries).
+
 Invariants (checked by the simulator):
-    snapshot.index <= applied <= committed <= last_index
+    start.index <= snapshot.index <= applied <= committed <= last_index
     stable <= last_index   (entries above `stable` have not been handed out to persist)
-    entries[i].index == snapshot.index + 1 + i
+    entries[i].index == start.index + 1 + i
 """
 
 from __future__ import annotations
@@ -15,16 +19,22 @@ from server.raft.types import Entry, Snapshot, SnapshotMeta
 
 
 class RaftLog:
-    __slots__ = ("snapshot", "entries", "committed", "applied", "stable", "pending_snapshot")
+    __slots__ = ("start", "snapshot", "entries", "committed", "applied", "stable", "pending_snapshot")
 
-    def __init__(self, snapshot: Snapshot, entries: list[Entry], committed: int) -> None:
-        first = snapshot.meta.index + 1
+    def __init__(
+        self, snapshot: Snapshot, entries: list[Entry], committed: int, start: SnapshotMeta | None = None
+    ) -> None:
+        """`start`: the entry before `entries`; the snapshot's by default."""
+        self.start = start = snapshot.meta if start is None else start
+        first = start.index + 1
         for offset, entry in enumerate(entries):
             if entry.index != first + offset:
                 raise ValueError(f"log entries are not contiguous after index {first - 1}")
         self.snapshot = snapshot
         self.entries = list(entries)
-        last = snapshot.meta.index + len(entries)
+        last = start.index + len(entries)
+        if self.term(snapshot.meta.index) != snapshot.meta.term:
+            raise ValueError(f"the snapshot at index {snapshot.meta.index} is not in the log ({start.index}, {last}]")
         if not snapshot.meta.index <= committed <= last:
             raise ValueError(f"commit {committed} outside the log [{snapshot.meta.index}, {last}]")
         self.committed = committed
@@ -36,21 +46,21 @@ class RaftLog:
 
     @property
     def first_index(self) -> int:
-        return self.snapshot.meta.index + 1
+        return self.start.index + 1
 
     @property
     def last_index(self) -> int:
-        return self.snapshot.meta.index + len(self.entries)
+        return self.start.index + len(self.entries)
 
     @property
     def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.snapshot.meta.term
+        return self.entries[-1].term if self.entries else self.start.term
 
     def term(self, index: int) -> int | None:
         """The term of the entry at `index`, or None when it is compacted away or absent."""
-        base = self.snapshot.meta.index
+        base = self.start.index
         if index == base:
-            return self.snapshot.meta.term
+            return self.start.term
         pos = index - base - 1
         if 0 <= pos < len(self.entries):
             return self.entries[pos].term
@@ -69,7 +79,7 @@ class RaftLog:
 
         Never fewer than one entry when any exist, so one huge entry still moves.
         """
-        start = lo - self.snapshot.meta.index - 1
+        start = lo - self.start.index - 1
         chunk = self.entries[start : start + max_count]
         size = 0
         for n, entry in enumerate(chunk):
@@ -85,12 +95,12 @@ class RaftLog:
         """AppendEntries receiver rules 2-4: the new last matching index, or None on mismatch."""
         if not self.matches(prev_index, prev_term):
             return None
-        base = self.snapshot.meta.index
+        base = self.start.index
         # Skip entries we already hold; truncate at the first conflicting one.
         for n, entry in enumerate(entries):
             pos = entry.index - base - 1
             if pos < 0:
-                continue  # already covered by our snapshot, hence committed and equal
+                continue  # compacted away, hence committed and equal
             if pos >= len(self.entries):
                 self.entries.extend(entries[n:])
                 break
@@ -119,7 +129,7 @@ class RaftLog:
         """Highest index <= upto whose entry has `term`, searching back while terms are >= term."""
         index = min(upto, self.last_index)
         while index >= self.first_index:
-            t = self.entries[index - self.snapshot.meta.index - 1].term
+            t = self.entries[index - self.start.index - 1].term
             if t == term:
                 return index
             if t < term:
@@ -136,12 +146,12 @@ class RaftLog:
         return False
 
     def unstable(self) -> list[Entry]:
-        start = self.stable - self.snapshot.meta.index
+        start = self.stable - self.start.index
         return self.entries[max(start, 0) :]
 
     def to_apply(self, max_count: int) -> list[Entry]:
-        lo = self.applied - self.snapshot.meta.index
-        hi = self.committed - self.snapshot.meta.index
+        lo = self.applied - self.start.index
+        hi = self.committed - self.start.index
         return self.entries[lo : min(hi, lo + max_count)]
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -150,6 +160,7 @@ class RaftLog:
         The driver restores the state machine from it before applying anything else,
         so `applied` moves to the snapshot at once.
         """
+        self.start = snapshot.meta
         self.snapshot = snapshot
         self.entries = []
         self.committed = snapshot.meta.index
@@ -157,8 +168,9 @@ class RaftLog:
         self.stable = snapshot.meta.index
         self.pending_snapshot = snapshot
 
-    def compact(self, snapshot: Snapshot) -> None:
-        """Drop entries covered by a snapshot the state machine took at an applied index."""
+    def compact(self, snapshot: Snapshot, retain: int = 0) -> None:
+        """Take a snapshot the state machine made at an applied index, and drop the entries
+        it covers but the last `retain` of them."""
         index = snapshot.meta.index
         if index <= self.snapshot.meta.index:
             return
@@ -166,9 +178,15 @@ class RaftLog:
             raise ValueError(f"cannot compact to {index}: only {self.applied} is applied")
         if self.term(index) != snapshot.meta.term:
             raise ValueError(f"snapshot term {snapshot.meta.term} differs from the log at {index}")
-        del self.entries[: index - self.snapshot.meta.index]
+        if retain < 0:
+            raise ValueError(f"retain must not be negative, got {retain}")
         self.snapshot = snapshot
-        self.stable = max(self.stable, index)
+        new_start = index - retain
+        if new_start > self.start.index:
+            drop = new_start - self.start.index
+            self.start = self.meta_at(new_start, snapshot.meta.voters)
+            del self.entries[:drop]
+            self.stable = max(self.stable, new_start)  # the snapshot holds what was dropped
 
     def meta_at(self, index: int, voters: tuple[str, ...]) -> SnapshotMeta:
         term = self.term(index)

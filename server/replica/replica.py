@@ -15,10 +15,10 @@ if any.  The core's proposal outcomes are needed only for failures.
 
 The log is bounded: once `snapshot_entries` entries are applied past the latest
 snapshot, the replica snapshots its state machine, saves the snapshot, and compacts
-the log (in storage and in the core) up to it; a restart restores that snapshot and
-replays only the log after it.  A follower whose next entry the leader no longer has
-is sent the snapshot instead; one that keeps up is sent entries ahead of the leader's
-applied index, so compaction passes it by.
+the log (in storage and in the core) up to `snapshot_catchup_entries` before it; a
+restart restores that snapshot and replays only the log after it.  A follower whose
+next entry the leader no longer has is sent the snapshot instead; one that keeps up,
+or lags by fewer than the catch-up entries, is sent entries.
 
 The replica is fail-stop: if storage, transport or state machine raises, the loop ends,
 every waiter fails with `Stopped`, and `join()` re-raises the fault.  Restarting means
@@ -46,6 +46,7 @@ from server.raft import (
     ReadState,
     Role,
     Snapshot,
+    SnapshotMeta,
 )
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
@@ -98,6 +99,8 @@ class Replica:
         taken and the log compacted: bounds the log's memory and storage, and what a
         restart replays, at the cost of serialising the state machine (on a worker
         thread, while this replica waits) that often.
+    snapshot_catchup_entries: of the entries a new snapshot covers, how many the log
+        keeps, so that a follower that far behind still gets entries, not the snapshot.
     """
 
     def __init__(
@@ -112,11 +115,14 @@ class Replica:
         max_apply_lag: int = 8192,
         propose_timeout: float = 5.0,
         snapshot_entries: int = 100_000,
+        snapshot_catchup_entries: int = 5_000,
     ) -> None:
         if tick_interval <= 0 or propose_timeout <= 0:
             raise ValueError("tick_interval and propose_timeout must be positive seconds")
         if max_pending < 1 or max_apply_lag < 1 or snapshot_entries < 1:
             raise ValueError("max_pending, max_apply_lag and snapshot_entries must be at least 1")
+        if snapshot_catchup_entries < 0:
+            raise ValueError(f"snapshot_catchup_entries must not be negative, got {snapshot_catchup_entries}")
         self._core = core
         self._storage = storage
         self._transport = transport
@@ -126,6 +132,7 @@ class Replica:
         self._max_apply_lag = max_apply_lag
         self._propose_timeout = propose_timeout
         self._snapshot_entries = snapshot_entries
+        self._snapshot_catchup_entries = snapshot_catchup_entries
         self.stats = ReplicaStats()
         start = core.log.snapshot
         if start.meta.index and core.log.applied == start.meta.index:
@@ -511,7 +518,7 @@ class Replica:
         if rd.snapshot is not None:
             # The snapshot, then the log's new start point, go first: the entries saved
             # next begin after it, and a restart must find the state it starts from.
-            await self._store_snapshot(rd.snapshot)
+            await self._store_snapshot(rd.snapshot, rd.snapshot.meta)
             stats.snapshots_installed += 1
         hard_state = rd.hard_state
         if hard_state is not None and not rd.entries and self._only_commit_moved(hard_state):
@@ -547,7 +554,8 @@ class Replica:
         self._pulse()
 
     async def _compact(self) -> None:
-        """Snapshot the state machine at the applied index and compact the log up to it."""
+        """Snapshot the state machine at the applied index and compact the log up to the
+        catch-up entries before it."""
         core = self._core
         index = self._applied
         began = time.perf_counter()
@@ -556,19 +564,19 @@ class Replica:
         # health, the peer streams -- instead of stalling it.  That is safe because this
         # loop is the state machine's only writer and applies nothing until the snapshot
         # is taken; everyone else only reads it.
-        core.compact(index, await asyncio.to_thread(self._fsm.snapshot))
+        core.compact(index, await asyncio.to_thread(self._fsm.snapshot), self._snapshot_catchup_entries)
         snapshot = core.log.snapshot
-        await self._store_snapshot(snapshot)
+        await self._store_snapshot(snapshot, core.log.start)
         self.stats.snapshots += 1
         self.stats.snapshot_seconds += time.perf_counter() - began
         logger.info(
             "replica %s: snapshot at index %d (%d bytes), log compacted", self.id, index, len(snapshot.data)
         )
 
-    async def _store_snapshot(self, snapshot: Snapshot) -> None:
+    async def _store_snapshot(self, snapshot: Snapshot, log_start: SnapshotMeta) -> None:
         """The snapshot first, then the log's start: a crash between leaves both (see open_core)."""
         await self._storage.save_snapshot(snapshot)
-        await self._storage.compact(snapshot.meta)
+        await self._storage.compact(log_start)
 
     def _send(self, messages: list[Message]) -> None:
         self._transport.send(messages)

@@ -62,9 +62,9 @@ class LogStore(Protocol):
 class SnapshotStore(Protocol):
     """The newest state-machine snapshot: what a restarted node restores before replaying the log.
 
-    A snapshot is saved before the log is compacted up to it, never after, so a crash
-    between the two leaves a snapshot newer than the log's start point (the entries it
-    covers are skipped at boot), never a log that starts after every stored snapshot.
+    A snapshot is saved before the log is compacted, never after, so a crash between the
+    two leaves a snapshot newer than the log's start point (as the catch-up entries a
+    compaction keeps do), never a log that starts after every stored snapshot.
     """
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:

@@ -88,7 +88,7 @@ async def test_a_killed_node_restarted_on_its_data_dir_catches_up(cluster: Local
 
 
 async def test_nodes_compact_their_logs_and_a_node_far_behind_restarts_from_a_snapshot(tmp_path: Path) -> None:
-    cluster = make_cluster(tmp_path, SNAPSHOT_ENTRIES="100")
+    cluster = make_cluster(tmp_path, SNAPSHOT_ENTRIES="100", SNAPSHOT_CATCHUP_ENTRIES="20")
     await cluster.start()
     kv = Kv(cluster)
     try:

@@ -10,6 +10,7 @@ from tests.replica.kv_machine import KvStateMachine, encode_put
 from server.raft import Config, Entry, HardState, Snapshot, SnapshotMeta
 from server.replica import MissingSnapshotError, Replica, open_core
 from server.transport.memory import MemoryNetwork
+from server.storage.errors import CorruptLogError
 from server.storage.memory import MemoryRaftStorage
 
 from .cluster import eventually, make_cluster, memory_storage
@@ -49,7 +50,9 @@ async def test_a_core_starts_from_its_snapshot_and_replays_only_the_log_after_it
         await storage.compact(SnapshotMeta(3, 2, ("n1",)))
     core = await open_core(Config("n1", ("n1",)), storage, random.Random(1))
     status = core.status()
-    assert (status["first_index"], status["last_index"], status["commit"], status["applied"]) == (4, 5, 3, 3)
+    # Uncompacted, the log keeps the entries the snapshot covers, as catch-up entries do.
+    first = 4 if compacted else 1
+    assert (status["first_index"], status["last_index"], status["commit"], status["applied"]) == (first, 5, 3, 3)
     fsm = KvStateMachine()
     replica = Replica(core, storage, MemoryNetwork(1).transport("n1"), fsm)
     assert fsm.get("k3") is not None and fsm.get("k4") is None  # restored, nothing replayed yet
@@ -61,18 +64,35 @@ async def test_a_core_starts_from_its_snapshot_and_replays_only_the_log_after_it
         await replica.stop()
 
 
-async def test_entries_after_a_snapshot_that_contradicts_them_are_dropped_at_boot() -> None:
+@pytest.mark.parametrize("stored", [4, 2], ids=["contradicting it", "short of it"])
+async def test_a_log_without_the_snapshots_last_entry_is_dropped_at_boot_in_storage_too(stored: int) -> None:
     storage = MemoryRaftStorage()
-    await storage.save(HardState(term=3, commit=1), [Entry(1, 1), Entry(1, 2), Entry(1, 3), Entry(1, 4)])
-    # Installed from a leader of term 3 whose entry 3 differs; the crash came before compacting.
-    await storage.save_snapshot(Snapshot(SnapshotMeta(3, 3, ("n1", "n2", "n3")), _kv_snapshot()))
+    await storage.save(HardState(term=3, commit=1), [Entry(1, i) for i in range(1, stored + 1)])
+    # Installed from a leader of term 3 whose entry 3 the log lacks; the crash came before
+    # the log was replaced by it.
+    meta = SnapshotMeta(3, 3, ("n1", "n2", "n3"))
+    await storage.save_snapshot(Snapshot(meta, _kv_snapshot()))
     core = await open_core(Config("n1", ("n1", "n2", "n3")), storage, random.Random(1))
     assert (core.log.first_index, core.log.last_index, core.log.committed) == (4, 3, 3)
+    assert await storage.load() == (meta, [])
+    # What the node saves next follows the snapshot, and is there after the next restart.
+    await storage.save(None, [Entry(3, 4)])
+    again = await open_core(Config("n1", ("n1", "n2", "n3")), storage, random.Random(1))
+    assert [(e.term, e.index) for e in again.log.entries] == [(3, 4)]
+
+
+async def test_a_log_start_and_snapshot_at_one_index_in_different_terms_is_refused_as_damage() -> None:
+    storage = MemoryRaftStorage()
+    await storage.save(HardState(term=2, commit=3), [Entry(1, i) for i in range(1, 5)])
+    await storage.compact(SnapshotMeta(3, 1))
+    await storage.save_snapshot(Snapshot(SnapshotMeta(3, 2), _kv_snapshot()))
+    with pytest.raises(CorruptLogError, match="starts at index 3 in term 1.*snapshot there is of term 2"):
+        await open_core(Config("n1", ("n1",)), storage, random.Random(1))
 
 
 async def test_a_lagging_follower_installs_the_leaders_snapshot_and_restarts_from_it() -> None:
     stores = memory_storage()
-    async with make_cluster(storage=stores, snapshot_entries=8) as cluster:
+    async with make_cluster(storage=stores, snapshot_entries=8, snapshot_catchup_entries=0) as cluster:
         leader = await cluster.leader()
         lagging, third = cluster.others(leader.id)
         cluster.partition([leader.id, third.id], [lagging.id])
@@ -93,9 +113,29 @@ async def test_a_lagging_follower_installs_the_leaders_snapshot_and_restarts_fro
         assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
 
 
+async def test_a_follower_a_little_behind_catches_up_from_the_entries_the_leader_kept() -> None:
+    async with make_cluster(snapshot_entries=8, snapshot_catchup_entries=30) as cluster:
+        leader = await cluster.leader()
+        lagging, third = cluster.others(leader.id)
+        for i in range(20):
+            await leader.propose(encode_put(f"early{i}", b"v"))
+        await eventually(lambda: lagging.applied_index == leader.commit_index, "the follower caught up")
+        behind = lagging.applied_index
+        cluster.partition([leader.id, third.id], [lagging.id])
+        for i in range(20):
+            await leader.propose(encode_put(f"late{i}", b"v"))
+        log = leader._core.log
+        assert log.snapshot.meta.index > behind + 8, "the leader took a snapshot past the follower"
+        assert 1 < log.first_index <= behind + 1, "and kept the entries the follower lacks"
+        cluster.heal()
+        await eventually(lambda: lagging.applied_index == leader.commit_index, "the follower caught up again")
+        assert lagging.stats.snapshots_installed == 0
+        assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
+
+
 async def test_every_replica_bounds_its_log_and_a_restart_restores_the_same_state() -> None:
     stores = memory_storage()
-    async with make_cluster(storage=stores, snapshot_entries=10) as cluster:
+    async with make_cluster(storage=stores, snapshot_entries=10, snapshot_catchup_entries=3) as cluster:
         leader = await cluster.leader()
         for i in range(45):
             await leader.propose(encode_put(f"k{i % 7}", str(i).encode()))

@@ -279,7 +279,7 @@ class SlowRestores(KvStateMachine):
 
 
 async def test_installing_a_snapshot_leaves_the_event_loop_free() -> None:
-    async with make_cluster(snapshot_entries=5) as cluster:
+    async with make_cluster(snapshot_entries=5, snapshot_catchup_entries=0) as cluster:
         leader = await cluster.leader()
         behind = cluster.others(leader.id)[0].id
         await cluster.crash(behind)

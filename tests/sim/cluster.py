@@ -58,9 +58,29 @@ class Disk:
     snapshot: Snapshot
     entries: list[Entry] = field(default_factory=list)
     chain: list[int] = field(default_factory=list)
+    # The log starts after `start` (at or before the snapshot), whose chain link is `start_chain`.
+    start: SnapshotMeta = field(default_factory=SnapshotMeta)
+    start_chain: int = 0
 
     def base_chain(self) -> int:
         return int(self.snapshot.data.split(b"|")[1]) if self.snapshot.data else 0
+
+    def take(self, snapshot: Snapshot, start: SnapshotMeta) -> None:
+        """Store `snapshot` and drop the entries up to `start`: a compaction, or (with
+        start at the snapshot and no entry there) a snapshot replacing the whole log."""
+        self.snapshot = snapshot
+        drop = start.index - self.start.index
+        if drop <= 0:
+            return
+        if drop <= len(self.entries) and self.entries[drop - 1].term == start.term:
+            self.start_chain = self.chain[drop - 1]
+            del self.entries[:drop]
+            del self.chain[:drop]
+        else:
+            assert start == snapshot.meta, "only a snapshot replaces the whole log"
+            self.start_chain = self.base_chain()
+            self.entries, self.chain = [], []
+        self.start = start
 
 
 @dataclass
@@ -150,7 +170,7 @@ class Simulation:
         core_rng = random.Random(self.rng.getrandbits(64))
         node.boots += 1
         config = replace(self.config[nid], incarnation=node.boots)
-        node.core = RaftCore(config, core_rng, disk.hard, disk.snapshot, disk.entries)
+        node.core = RaftCore(config, core_rng, disk.hard, disk.snapshot, disk.entries, disk.start)
         node.applied = disk.snapshot.meta.index
         node.applied_chain = disk.base_chain()
         node.proposals.clear()
@@ -219,11 +239,14 @@ class Simulation:
         core.transfer_leader(target)
         self._process(self.nodes[nid])
 
-    def compact(self, nid: str) -> None:
+    def compact(self, nid: str, retain: int = 0) -> None:
+        """Snapshot `nid` at its applied index, keeping the last `retain` entries it covers."""
         node = self.nodes[nid]
         assert node.core is not None
-        if node.applied > node.core.log.snapshot.meta.index:
-            node.core.compact(node.applied, self._snapshot_data(node))
+        log = node.core.log
+        if node.applied > log.snapshot.meta.index:
+            node.core.compact(node.applied, self._snapshot_data(node), retain)
+            node.disk.take(log.snapshot, log.start)
 
     def run_ticks(self, ticks: int) -> None:
         self.run_until(self.now + ticks * TICK)
@@ -350,6 +373,12 @@ class Simulation:
                     return
             self._carry_out(node, core, rd)
             core.advance(rd)
+            log = core.log
+            if not log.start.index <= log.snapshot.meta.index <= log.applied <= log.committed <= log.last_index:
+                raise self.fail(
+                    f"{node.id} log bounds: start {log.start.index}, snapshot {log.snapshot.meta.index}, "
+                    f"applied {log.applied}, commit {log.committed}, last {log.last_index}"
+                )
 
     def _carry_out(self, node: SimNode, core: RaftCore, rd: Ready) -> None:
         disk = node.disk
@@ -358,9 +387,7 @@ class Simulation:
             if rd.soft_state.role is Role.LEADER:
                 self._check_new_leader(node.id, core)
         if rd.snapshot is not None:
-            disk.snapshot = rd.snapshot
-            disk.entries = []
-            disk.chain = []
+            disk.take(rd.snapshot, rd.snapshot.meta)
         if rd.hard_state is not None:
             if rd.hard_state.commit < disk.hard.commit:
                 raise self.fail(f"{node.id} commit went back {disk.hard.commit}->{rd.hard_state.commit}")
@@ -402,13 +429,13 @@ class Simulation:
                 self.read_answers += 1
 
     def _persist_entries(self, nid: str, disk: Disk, entries: list[Entry]) -> None:
-        base = disk.snapshot.meta.index
+        base = disk.start.index
         start = entries[0].index - base - 1
         if start < 0 or start > len(disk.entries):
             raise self.fail(f"{nid} asked to persist {entries[0].index} after a gap")
         del disk.entries[start:]
         del disk.chain[start:]
-        prev = disk.chain[-1] if disk.chain else disk.base_chain()
+        prev = disk.chain[-1] if disk.chain else disk.start_chain
         for entry in entries:
             prev = _link(prev, entry)
             disk.entries.append(entry)
@@ -456,6 +483,7 @@ class Schedule:
     max_entries_per_msg: int
     max_inflight_msgs: int
     torn: float
+    compact_retain: int
 
 
 def draw_schedule(seed: int) -> Schedule:
@@ -469,6 +497,7 @@ def draw_schedule(seed: int) -> Schedule:
         max_entries_per_msg=rng.choice([1, 2, 8, 64]),
         max_inflight_msgs=rng.choice([1, 4, 16]),
         torn=rng.choice([0.0, 0.002, 0.01]),
+        compact_retain=rng.choice([0, 0, 3, 20]),
     )
 
 
@@ -514,7 +543,7 @@ def run_schedule(seed: int, liveness_ticks: int = 400) -> Simulation:
             sim.transfer(rng.choice(up), rng.choice(sim.ids))
         up = sim.up()
         if up and rng.random() < 0.05:
-            sim.compact(rng.choice(up))
+            sim.compact(rng.choice(up), plan.compact_retain)
         sim.run_ticks(1)
     # Heal: every node up, network whole and reliable (still reordering by delay).
     sim.heal()

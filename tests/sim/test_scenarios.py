@@ -155,15 +155,17 @@ def test_transfer_to_a_lagging_follower_waits_until_it_has_caught_up() -> None:
     assert all(sim.core(new).log.term(sim.acked[w]) is not None for w in writes)
 
 
-def test_a_follower_far_behind_a_compacted_log_is_brought_back_by_snapshot() -> None:
+@pytest.mark.parametrize("retain", [0, 10, 50], ids=["no catch-up entries", "too few", "enough"])
+def test_a_follower_behind_a_compacted_log_gets_the_snapshot_unless_the_leader_kept_its_entries(retain: int) -> None:
     sim = Simulation(seed=51, nodes=3)
     lead = sim.wait_for_leader()
     behind = next(n for n in sim.ids if n != lead)
     sim.crash(behind)
     writes = [sim.propose(lead) for _ in range(30)]
     sim.wait_for(lambda: all(w in sim.acked for w in writes), 50, "writes")
-    sim.compact(lead)
-    assert sim.core(lead).log.first_index > 2
+    sim.compact(lead, retain)
+    log = sim.core(lead).log
+    assert log.snapshot.meta.index > 30 and log.first_index == max(1, log.snapshot.meta.index - retain + 1)
     sim.start(behind)
     snapshots: list[Message] = []
 
@@ -175,7 +177,9 @@ def test_a_follower_far_behind_a_compacted_log_is_brought_back_by_snapshot() -> 
     sim.intercept = observe
     target = sim.core(lead).log.committed
     sim.wait_for(lambda: sim.nodes[behind].applied >= target, 50, "the follower to catch up")
-    assert snapshots and sim.core(behind).log.first_index > 2
+    needs_snapshot = retain < 30
+    assert bool(snapshots) == needs_snapshot
+    assert (sim.core(behind).log.first_index > 2) == needs_snapshot
 
 
 def test_a_leader_sends_before_saving_and_counts_its_own_copy_only_once_saved() -> None:

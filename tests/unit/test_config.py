@@ -20,6 +20,8 @@ def test_guide_style_configuration_gives_three_voters() -> None:
     assert cfg.peers == {"node2": "127.0.0.1:50052", "node3": "127.0.0.1:50053"}
     assert cfg.redis_url is None and str(cfg.data_dir) == ".data/node1"
     assert cfg.appendfsync == "always"
+    assert (cfg.snapshot_entries, cfg.snapshot_catchup_entries) == (100_000, 5_000)
+    assert load(BASE | {"SNAPSHOT_CATCHUP_ENTRIES": "0"}).snapshot_catchup_entries == 0
 
 
 def test_self_may_be_listed_in_peers_when_it_agrees() -> None:
@@ -60,6 +62,7 @@ def test_a_peer_entry_may_give_the_members_http_address() -> None:
         ({"SELF_URL": "", "GRPC_PORT": ""}, "GRPC_PORT is not set"),
         ({"REDIS_APPENDFSYNC": "sometimes"}, "REDIS_APPENDFSYNC"),
         ({"TICK_MS": "0"}, "TICK_MS"),
+        ({"SNAPSHOT_CATCHUP_ENTRIES": "-1"}, "SNAPSHOT_CATCHUP_ENTRIES"),
     ],
 )
 def test_mistakes_are_refused_with_a_message_naming_the_fix(
