@@ -4,6 +4,11 @@ A node starts its private redis-server and the launcher starts the nodes; if the
 is killed outright (SIGKILL, a crashed test run), its children would otherwise run on,
 holding ports, data dirs and CPU.  Linux's `PR_SET_PDEATHSIG` signals them instead;
 elsewhere a child may outlive a parent killed outright.
+
+A process that starts children while gRPC's threads run needs GRPC_ENABLE_FORK_SUPPORT=false
+before it imports grpc: with fork support on, the fork restarts gRPC's poller in the child,
+which can kill it before it execs (grpc/grpc#43055).  Tests and benchmarks set it; a node
+starts its redis-server before it starts any gRPC, and the launcher uses none.
 """
 
 from __future__ import annotations
