@@ -106,6 +106,11 @@ class RaftCollector(Collector):
             "Snapshots received from a leader because this node was too far behind for its log.",
             value=stats.snapshots_installed,
         )
+        yield CounterMetricFamily(
+            "dsync_raft_snapshots_sent_total",
+            "Snapshots this node sent as leader to followers behind the start of its log.",
+            value=stats.snapshots_sent,
+        )
         yield histogram_family(
             "dsync_raft_append_seconds",
             "Time to append one batch of entries to this node's log durably (one Redis MULTI/EXEC).",
@@ -153,6 +158,14 @@ class RaftCollector(Collector):
             dropped.add_metric([peer], link.dropped)
             queued.add_metric([peer], link.queued)
         yield from (connected, sent, dropped, queued)
+        lag = GaugeMetricFamily(
+            "dsync_raft_follower_lag_entries",
+            "On the leader: log entries each follower is not yet known to hold (absent elsewhere).",
+            labels=["peer"],
+        )
+        for peer, behind in sorted(self._replica.follower_lag().items()):
+            lag.add_metric([peer], behind)
+        yield lag
         now = time.monotonic()
         silence = GaugeMetricFamily(
             "dsync_peer_last_contact_seconds",

@@ -9,6 +9,7 @@ type-checking rather than a scrape.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Protocol
 
 from server.replica.stats import ReplicaStats
@@ -38,6 +39,8 @@ class ReplicaView(Protocol):
     def applied_index(self) -> int: ...
 
     def status(self) -> dict[str, object]: ...
+
+    def follower_lag(self) -> Mapping[str, int]: ...
 
 
 class PeerLinkView(Protocol):

@@ -271,6 +271,14 @@ class Replica:
         """The last log index the state machine holds."""
         return self._applied
 
+    def follower_lag(self) -> dict[NodeId, int]:
+        """On a leader, how many entries each follower is known to lack; empty elsewhere."""
+        core = self._core
+        if core.role is not Role.LEADER:
+            return {}
+        last = core.log.last_index
+        return {peer: last - pr.match for peer, pr in core.progress.items()}
+
     def status(self) -> dict[str, object]:
         """The core's status, with `applied` as the state machine holds it, plus the replica's own."""
         status = self._core.status()
@@ -580,7 +588,11 @@ class Replica:
 
     def _send(self, messages: list[Message]) -> None:
         self._transport.send(messages)
-        self.stats.messages_sent += len(messages)
+        stats = self.stats
+        stats.messages_sent += len(messages)
+        for message in messages:
+            if message.type is MsgType.SNAPSHOT:
+                stats.snapshots_sent += 1
 
     def _only_commit_moved(self, hard_state: HardState) -> bool:
         saved = self._saved_hard

@@ -58,6 +58,7 @@ class ReplicaStats:
     snapshots: int = 0  # snapshots this replica took and compacted its log to
     snapshot_seconds: float = 0.0  # taking, saving and compacting them
     snapshots_installed: int = 0  # snapshots received from a leader
+    snapshots_sent: int = 0  # snapshots sent, as a leader, to followers its log no longer reaches
     reads_failed: Counter[str] = field(default_factory=Counter)  # by error class name
     ticks: int = 0
     ticks_skipped: int = 0  # ticks dropped because the loop fell more than a tick behind

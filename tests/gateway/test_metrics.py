@@ -99,6 +99,28 @@ async def test_service_series_follow_the_work_and_name_no_resource_topic_or_key(
     assert value(series, "dsync_raft_commit_seconds_count") == value(series, "dsync_raft_proposals_committed_total")
 
 
+async def test_the_leader_shows_how_far_behind_each_follower_is(gw: Gateways) -> None:
+    raft = gw.cluster.raft
+    leader = await raft.leader()
+    behind, other = raft.others(leader.id)
+    raft.partition([leader.id, other.id], [behind.id])
+    for i in range(5):
+        await gw.ok(leader.id, "/cache/put", {"key": f"k{i}", "value": i})
+
+    def lag(peer: str) -> float:
+        series = parse(generate_latest(in_process_registry(gw, leader.id)).decode())
+        return value(series, "dsync_raft_follower_lag_entries", peer=peer)
+
+    await eventually(lambda: lag(other.id) == 0, "the connected follower caught up")
+    assert lag(behind.id) >= 5
+    raft.heal()
+    await eventually(lambda: lag(behind.id) == 0, "the partitioned follower caught up")
+    leaders = parse(generate_latest(in_process_registry(gw, leader.id)).decode())
+    assert value(leaders, "dsync_raft_snapshots_sent_total") == 0  # its log still reached back far enough
+    followers = generate_latest(in_process_registry(gw, other.id)).decode()
+    assert "dsync_raft_follower_lag_entries{" not in followers
+
+
 # ---------------------------------------------------------------------- a real node
 
 

@@ -102,7 +102,7 @@ async def test_a_lagging_follower_installs_the_leaders_snapshot_and_restarts_fro
         assert (await stores(leader.id).load_snapshot()) == leader._core.log.snapshot
         cluster.heal()
         await eventually(lambda: lagging.applied_index == leader.commit_index, "the follower caught up")
-        assert lagging.stats.snapshots_installed >= 1
+        assert lagging.stats.snapshots_installed >= 1 and leader.stats.snapshots_sent >= 1
         assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
         start, _ = await stores(lagging.id).load()
         assert start.index > 0  # its log now starts after the snapshot
@@ -129,7 +129,7 @@ async def test_a_follower_a_little_behind_catches_up_from_the_entries_the_leader
         assert 1 < log.first_index <= behind + 1, "and kept the entries the follower lacks"
         cluster.heal()
         await eventually(lambda: lagging.applied_index == leader.commit_index, "the follower caught up again")
-        assert lagging.stats.snapshots_installed == 0
+        assert lagging.stats.snapshots_installed == 0 and leader.stats.snapshots_sent == 0
         assert cluster.fsm(lagging.id).snapshot() == cluster.fsm(leader.id).snapshot()
 
 

@@ -420,7 +420,8 @@ def test_a_follower_back_with_entries_it_had_overwritten_does_not_commit_them_on
     old = sim.wait_for_leader()
     follower = next(n for n in sim.ids if n != old)
     others = [n for n in sim.ids if n not in (old, follower)]
-    sim.wait_for(lambda: all(sim.core(old).progress[n].match == sim.core(old).log.last_index for n in sim.ids if n != old), 30, "everyone caught up")
+    progress = sim.core(old).progress.values()
+    sim.wait_for(lambda: all(pr.match == sim.core(old).log.last_index for pr in progress), 30, "everyone caught up")
     # The old leader's next entries reach the follower alone: two of five never commit.
     sim.partition([old, follower], others)
     doomed = [sim.propose(old) for _ in range(3)]
@@ -440,7 +441,7 @@ def test_a_follower_back_with_entries_it_had_overwritten_does_not_commit_them_on
     sim.rewind(follower, image)
     sim.start(follower)
     assert all(_holds(sim, follower, d) for d in doomed)
-    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 30, "the follower holding the new leader's writes again")
+    sim.wait_for(lambda: all(_holds(sim, follower, w) for w in writes), 30, "the new leader's writes on it again")
     assert sim.leader() == new
     assert not any(d in sim.applied_payloads for d in doomed)
 
