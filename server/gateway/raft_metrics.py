@@ -160,7 +160,8 @@ class RaftCollector(Collector):
         yield from (connected, sent, dropped, queued)
         lag = GaugeMetricFamily(
             "dsync_raft_follower_lag_entries",
-            "On the leader: log entries each follower is not yet known to hold (absent elsewhere).",
+            "On the leader: log entries each follower is not yet known to hold "
+            "(absent elsewhere, and for a follower whose position the leader has yet to learn).",
             labels=["peer"],
         )
         for peer, behind in sorted(self._replica.follower_lag().items()):

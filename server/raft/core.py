@@ -9,7 +9,8 @@ Implements, after the Raft paper and Ongaro's thesis: elections with randomized
 timeouts, PreVote (§9.6) and CheckQuorum (§6.2); replication with batching,
 pipelining and fast back-off (§5.3); the commit rule for the leader's own term
 with a no-op on taking office (§5.4.2, §8); ReadIndex (§6.4); leadership transfer
-(§3.10); a log that begins after a snapshot (§5.1 of chapter 5, InstallSnapshot).
+(§3.10); a log compacted behind a snapshot, keeping catch-up entries, and InstallSnapshot
+for followers behind its start (§5.1 of chapter 5).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The core owns its log in memory; the driver keeps a durable copy from what each
 Ready hands it and rebuilds the core from that copy at boot.
 
-The log starts after `start`, at or before the latest snapshot: a leader that compacts
-keeps some entries its snapshot covers, so a follower a little behind gets entries
-rather than the whole snapshot (etcd's snapshot catch-up entries).
+The log starts after `start`, at or before the latest snapshot: a node that compacts
+keeps some entries its snapshot covers, so that, as leader, it sends a follower a
+little behind entries rather than the whole snapshot (etcd's snapshot catch-up entries).
 
 Invariants (checked by the simulator):
     start.index <= snapshot.index <= applied <= committed <= last_index

@@ -134,9 +134,9 @@ class Replica:
         self._snapshot_entries = snapshot_entries
         self._snapshot_catchup_entries = snapshot_catchup_entries
         self.stats = ReplicaStats()
-        start = core.log.snapshot
-        if start.meta.index and core.log.applied == start.meta.index:
-            restore(fsm, start.data)
+        snapshot = core.log.snapshot
+        if snapshot.meta.index and core.log.applied == snapshot.meta.index:
+            restore(fsm, snapshot.data)
         # Invariant: _applied <= the core's commit index; the state machine holds exactly
         # the entries up to _applied.
         self._applied = core.log.applied
@@ -272,12 +272,15 @@ class Replica:
         return self._applied
 
     def follower_lag(self) -> dict[NodeId, int]:
-        """On a leader, how many entries each follower is known to lack; empty elsewhere."""
+        """On a leader, how many entries each follower is known to lack; empty elsewhere.
+
+        A follower whose match the leader has not learned yet (just elected, or the
+        follower restarted) is left out rather than counted as lacking the whole log."""
         core = self._core
         if core.role is not Role.LEADER:
             return {}
         last = core.log.last_index
-        return {peer: last - pr.match for peer, pr in core.progress.items()}
+        return {peer: last - pr.match for peer, pr in core.progress.items() if pr.match}
 
     def status(self) -> dict[str, object]:
         """The core's status, with `applied` as the state machine holds it, plus the replica's own."""

@@ -38,7 +38,7 @@ class NodeKeys:
 
     @property
     def log_start(self) -> str:
-        """Hash: index, term, voters (JSON) of the snapshot point the log starts after."""
+        """Hash: index, term, voters (JSON) of the entry the log starts after (compacted away)."""
         return self.prefix + "log_start"
 
     @property

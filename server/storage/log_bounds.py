@@ -7,10 +7,10 @@ from server.raft.types import Entry, SnapshotMeta
 from .errors import CompactedError, UnavailableError
 
 
-def entries_to_store(entries: list[Entry], snap_index: int, last: int) -> list[Entry]:
+def entries_to_store(entries: list[Entry], start_index: int, last: int) -> list[Entry]:
     """What `append(entries)` must write, or ValueError if the batch would corrupt the log.
 
-    The prefix at or below the snapshot point is dropped: it is committed, so the
+    The prefix at or below the log's start point is dropped: it is committed, so a
     snapshot already holds it.  A gap would break index == position + first_index.
     """
     if not entries:
@@ -21,8 +21,8 @@ def entries_to_store(entries: list[Entry], snap_index: int, last: int) -> list[E
             raise ValueError(f"entries are not consecutive: index {entry.index} at offset {offset} after {start}")
     if start > last + 1:
         raise ValueError(f"gap in the log: appending index {start} after last index {last}")
-    if start <= snap_index:
-        return entries[snap_index + 1 - start :]
+    if start <= start_index:
+        return entries[start_index + 1 - start :]
     return entries
 
 

@@ -18,7 +18,7 @@ class StableStore(Protocol):
 
 
 class LogStore(Protocol):
-    """The Raft log after the last snapshot point.
+    """The Raft log after its start point (at or before the latest snapshot's index).
 
     Indices are contiguous: first_index() == meta.index + 1 and last_index() == meta.index
     when the log is empty (so last_index() is always the index of the newest entry known,
@@ -26,14 +26,14 @@ class LogStore(Protocol):
     """
 
     async def load(self) -> tuple[SnapshotMeta, list[Entry]]:
-        """Everything needed to rebuild the core at boot: the snapshot point and the entries after it."""
+        """Everything needed to rebuild the core at boot: the start point and the entries after it."""
         ...
 
     async def append(self, entries: list[Entry]) -> None:
         """Store consecutive `entries`, first dropping every stored entry with index >= entries[0].index.
 
-        The drop is Raft truncating a conflicting suffix.  Entries at or below the snapshot
-        point are skipped (they are committed, so the snapshot already holds them); a gap
+        The drop is Raft truncating a conflicting suffix.  Entries at or below the start
+        point are skipped (they are committed, so a snapshot already holds them); a gap
         after last_index() raises ValueError.
         """
         ...

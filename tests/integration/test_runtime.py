@@ -164,29 +164,35 @@ async def _forget_last_entries(cluster: LocalCluster, name: str, count: int) -> 
         await server.stop()
 
 
-async def test_a_follower_back_without_writes_it_acknowledged_is_caught_up_by_the_same_leader(
-    cluster: LocalCluster, kv: Kv
-) -> None:
+async def test_a_follower_back_without_writes_it_acknowledged_is_caught_up_by_the_same_leader(tmp_path: Path) -> None:
     """The leader counted those writes on the follower; it must notice the restart and
-    send them again, or the follower stays behind for as long as that leader leads."""
-    leader = await cluster.wait_for_leader(timeout=10)
-    follower = next(n.name for n in cluster if n.name != leader)
-    last = 0
-    for i in range(10):
-        last = await kv.put(leader, f"k{i}", b"v")
-    await _applied_everywhere(cluster, last)
-    before = cluster.state(leader)
-    assert before is not None
-    await cluster.kill(follower)
-    await _forget_last_entries(cluster, follower, 5)
-    await cluster.start(follower)
-    for i in range(10, 13):
-        last = await kv.put(leader, f"k{i}", b"v")
-    await _applied_everywhere(cluster, last, timeout=10)
-    assert await kv.get(follower, "k9", linearizable=False) == b"v"
-    after = cluster.state(leader)
-    assert after is not None and after["role"] == "leader"
-    assert after["term"] == before["term"], "caught up by the same leader"
+    send them again, or the follower stays behind for as long as that leader leads.
+    Elections are made slow (2-4 s): one would repair the follower too, and hide a failure."""
+    cluster = make_cluster(tmp_path, ELECTION_TICKS="40")
+    await cluster.start()
+    kv = Kv(cluster)
+    try:
+        leader = await cluster.wait_for_leader(timeout=30)
+        follower = next(n.name for n in cluster if n.name != leader)
+        last = 0
+        for i in range(10):
+            last = await kv.put(leader, f"k{i}", b"v")
+        await _applied_everywhere(cluster, last)
+        before = cluster.state(leader)
+        assert before is not None
+        await cluster.kill(follower)
+        await _forget_last_entries(cluster, follower, 5)
+        await cluster.start(follower)
+        for i in range(10, 13):
+            last = await kv.put(leader, f"k{i}", b"v")
+        await _applied_everywhere(cluster, last, timeout=10)
+        assert await kv.get(follower, "k9", linearizable=False) == b"v"
+        after = cluster.state(leader)
+        assert after is not None and after["role"] == "leader"
+        assert after["term"] == before["term"], "caught up by the same leader"
+    finally:
+        await kv.close()
+        await cluster.stop()
 
 
 def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:

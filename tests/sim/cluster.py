@@ -2,15 +2,17 @@
 
 Several cores run in one process on a simulated clock.  The network drops, delays,
 duplicates and reorders messages and can partition any subset; nodes crash and
-restart from exactly what their core asked to persist.  Everything random comes
-from one seeded generator, so a seed replays exactly.
+restart from exactly what their core asked to persist (scenario tests may `rewind` a
+crashed node's disk, as a machine crash does to storage short of fsync on every write).
+Everything random comes from one seeded generator, so a seed replays exactly.
 
 Every Ready is checked as it is carried out:
 - election safety: at most one leader per term;
 - log matching: equal (index, term) on two nodes means equal prefixes (hash chains);
 - leader completeness: a new leader holds every entry committed so far;
 - state machine safety: no two nodes apply different entries at one index;
-- durability: a node's commit index never goes back, even across restarts;
+- durability: a node's commit index never goes back, even across restarts (unless rewound);
+- the log's bounds: start <= snapshot <= applied <= commit <= last index;
 - proposals: an acknowledged one is applied at its index, a definitely failed one never is;
 - reads: a ReadIndex answer covers everything committed before the read was asked.
 """

@@ -28,7 +28,8 @@ async def test_children_forked_while_grpc_is_busy_all_start() -> None:
 
     async def keep_busy() -> None:
         while True:
-            await call(b"x", timeout=5)
+            with contextlib.suppress(grpc.aio.AioRpcError):  # a slow answer is not the point here
+                await call(b"x", timeout=5)
 
     load = [asyncio.create_task(keep_busy()) for _ in range(8)]
     try:
