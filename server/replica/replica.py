@@ -46,7 +46,6 @@ from server.raft import (
     ReadState,
     Role,
     Snapshot,
-    SnapshotMeta,
 )
 from server.storage.protocols import RaftStorage
 from server.transport.protocols import Transport
@@ -529,7 +528,7 @@ class Replica:
         if rd.snapshot is not None:
             # The snapshot, then the log's new start point, go first: the entries saved
             # next begin after it, and a restart must find the state it starts from.
-            await self._store_snapshot(rd.snapshot, rd.snapshot.meta)
+            await self._store_snapshot(rd.snapshot)
             stats.snapshots_installed += 1
         hard_state = rd.hard_state
         if hard_state is not None and not rd.entries and self._only_commit_moved(hard_state):
@@ -577,17 +576,18 @@ class Replica:
         # is taken; everyone else only reads it.
         core.compact(index, await asyncio.to_thread(self._fsm.snapshot), self._snapshot_catchup_entries)
         snapshot = core.log.snapshot
-        await self._store_snapshot(snapshot, core.log.start)
+        await self._store_snapshot(snapshot)
         self.stats.snapshots += 1
         self.stats.snapshot_seconds += time.perf_counter() - began
         logger.info(
             "replica %s: snapshot at index %d (%d bytes), log compacted", self.id, index, len(snapshot.data)
         )
 
-    async def _store_snapshot(self, snapshot: Snapshot, log_start: SnapshotMeta) -> None:
-        """The snapshot first, then the log's start: a crash between leaves both (see open_core)."""
+    async def _store_snapshot(self, snapshot: Snapshot) -> None:
+        """The snapshot first, then the core log's start (the snapshot's own once installed
+        from a leader): a crash between leaves both (see open_core)."""
         await self._storage.save_snapshot(snapshot)
-        await self._storage.compact(log_start)
+        await self._storage.compact(self._core.log.start)
 
     def _send(self, messages: list[Message]) -> None:
         self._transport.send(messages)
