@@ -42,7 +42,9 @@ class PutRequest(_message.Message):
 
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """Required: any JSON value (null included), at most 1 MiB serialized."""
+        """Required: any JSON value (null included), at most 1 MiB serialized, with objects and
+        lists nested at most 32 deep.
+        """
 
     def __init__(
         self,

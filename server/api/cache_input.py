@@ -12,6 +12,7 @@ import math
 from google.protobuf import struct_pb2
 
 from server.api.errors import invalid
+from server.fsm.json_values import json_value_problem
 from server.fsm.cache import MAX_TTL_MS, MAX_VALUE_BYTES, key_problem
 
 MAX_TTL_SECONDS = MAX_TTL_MS // 1000
@@ -27,7 +28,7 @@ def encode_value(value: struct_pb2.Value, present: bool) -> bytes:
     """The value as the cache stores it (deterministic bytes); `present`: the request set it."""
     if not present:
         raise invalid("value", "required: any JSON value, null included")
-    problem = _json_problem(value)
+    problem = json_value_problem(value)
     if problem is not None:
         raise invalid(f"value{problem[0]}", problem[1])
     data = value.SerializeToString(deterministic=True)
@@ -43,28 +44,3 @@ def ttl_ms(ttl: float) -> int:
     if math.isnan(ttl) or ttl < 0 or ttl > MAX_TTL_SECONDS:
         raise invalid("ttl", f"{ttl} seconds; give 0 (never expires) up to {MAX_TTL_SECONDS} (30 days)")
     return math.ceil(ttl * 1000)
-
-
-def _json_problem(value: struct_pb2.Value) -> tuple[str, str] | None:
-    """(path below `value`, problem) for the first part that JSON cannot carry, or None.
-
-    A gRPC client can build Values that JSON cannot: NaN or an infinity, or a Value with
-    nothing set.  Stored, they would fail every later Get through the HTTP gateway.
-    """
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return "", "holds no value: set one of null, number, string, bool, struct or list"
-    if kind == "number_value" and not math.isfinite(value.number_value):
-        return "", f"{value.number_value} is not a JSON number"
-    if kind == "struct_value":
-        for name, item in value.struct_value.fields.items():
-            problem = _json_problem(item)
-            if problem is not None:
-                return f"[{name!r}]{problem[0]}", problem[1]
-    elif kind == "list_value":
-        for position, item in enumerate(value.list_value.values):
-            problem = _json_problem(item)
-            if problem is not None:
-                return f"[{position}]{problem[0]}", problem[1]
-    return None
-

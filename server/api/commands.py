@@ -55,6 +55,14 @@ async def execute(
     if isinstance(result, Refusal):
         raise from_refusal(result)
     if not isinstance(result, expect):
+        if header.client_id:
+            # The session remembered the answer to the first call sent with this client id
+            # and sequence, and that was a different call.
+            raise invalid(
+                "header.sequence",
+                f"{header.sequence} was already used by client {header.client_id!r} for a different call; "
+                "give each new write the next number",
+            )
         raise ServiceError(
             grpc.StatusCode.INTERNAL,
             f"{service} returned {type(result).__name__}, expected {expect.__name__}",

@@ -4,7 +4,8 @@ The interceptor records into plain counters and histograms (`RequestStats`) that
 metrics exporter reads at scrape time: no metrics library on the call path, and each
 node in a process keeps its own.  Streaming calls -- the Raft peer stream, reflection
 -- live as long as a connection does, so a latency would mean nothing; they pass
-through untouched.
+through untouched.  The interceptor also reads each unary request itself, so that bytes
+that are no valid message get INVALID_ARGUMENT, as any other bad input does.
 """
 
 from __future__ import annotations
@@ -61,19 +62,27 @@ class StatsInterceptor(grpc.aio.ServerInterceptor):
         timed = self._timed.get(method)
         if timed is None:
             timed = self._timed[method] = grpc.unary_unary_rpc_method_handler(
-                self._time(method, handler.unary_unary),  # type: ignore[arg-type]  # grpc.aio's are coroutines
-                request_deserializer=handler.request_deserializer,
+                self._time(method, handler.unary_unary, handler.request_deserializer),  # type: ignore[arg-type]
                 response_serializer=handler.response_serializer,
             )
         return timed
 
-    def _time(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+    def _time(self, method: str, behavior: UnaryBehavior, deserialize: Callable[[bytes], Any] | None) -> UnaryBehavior:
+        """`behavior`, timed and counted, taking the request's bytes: grpc.aio answers bytes
+        its deserializer cannot read with UNKNOWN and no count, so they are read here and
+        answered INVALID_ARGUMENT like any other bad input."""
         stats = self._stats
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def timed(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             began = time.perf_counter()
             outcome = "OK"
             try:
+                try:
+                    request = raw if deserialize is None else deserialize(raw)
+                except Exception as exc:  # DecodeError, or nesting beyond protobuf's limit
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a valid message: {exc}"
+                    )
                 return await behavior(request, context)
             except BaseException as exc:
                 # An abort set the code; anything else reaches the client as UNKNOWN, or

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 
-from google.protobuf import struct_pb2
-
 from dsync.fsm.v1 import queue_pb2
 from dsync.v1 import common_pb2
 from dsync.v1 import queue_pb2 as api
 from server.api.errors import invalid
+from server.fsm.json_values import json_value_problem
 from server.fsm import queue_rules as rules
 
 Payload = api.PublishRequest | api.PublishBatchRequest.Entry
@@ -117,7 +116,9 @@ def _add_message(publish: queue_pb2.QueuePublish, request: Payload, prefix: str)
     )
     kind = request.WhichOneof("payload")
     if kind == "data":
-        _check_value(request.data, prefix + "data")
+        problem = json_value_problem(request.data)
+        if problem is not None:
+            raise invalid(prefix + "data" + problem[0], problem[1])
         message.json = request.data.SerializeToString(deterministic=True)
     elif kind == "raw":
         message.raw = request.raw
@@ -126,22 +127,6 @@ def _add_message(publish: queue_pb2.QueuePublish, request: Payload, prefix: str)
     size = len(message.json or message.raw)
     if size > rules.MAX_PAYLOAD_BYTES:
         raise invalid(prefix + kind, f"{size} bytes serialized; at most {rules.MAX_PAYLOAD_BYTES}")
-
-
-def _check_value(value: struct_pb2.Value, field: str) -> None:
-    """Every nested Value must be JSON: a kind set, numbers finite."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        kind = item.WhichOneof("kind")
-        if kind is None:
-            raise invalid(field, "holds a google.protobuf.Value with no kind set; use null_value for JSON null")
-        if kind == "number_value" and not math.isfinite(item.number_value):
-            raise invalid(field, f"holds the number {item.number_value}, which JSON cannot represent")
-        if kind == "struct_value":
-            pending.extend(item.struct_value.fields.values())
-        elif kind == "list_value":
-            pending.extend(item.list_value.values)
 
 
 def _settle(request: api.AckRequest | api.NackRequest | api.ExtendVisibilityRequest) -> queue_pb2.QueueSettle:

@@ -28,6 +28,7 @@ from dsync.fsm.v1 import cache_pb2 as fsm_pb2
 from dsync.v1 import cache_pb2
 from server.fsm.base import ApplyContext, Code, Refusal, Result
 from server.fsm.eviction import EvictionOrder, Policy
+from server.fsm.json_values import json_value_problem
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 1 << 20
@@ -220,6 +221,9 @@ class CacheMachine:
             return Refusal(Code.INVALID_ARGUMENT, "value: not a serialized google.protobuf.Value")
         if parsed.WhichOneof("kind") is None:
             return Refusal(Code.INVALID_ARGUMENT, "value: required (any JSON value, null included)")
+        json_problem = json_value_problem(parsed)
+        if json_problem is not None:
+            return Refusal(Code.INVALID_ARGUMENT, f"value{json_problem[0]}: {json_problem[1]}")
         if ttl_ms > MAX_TTL_MS:
             return Refusal(Code.INVALID_ARGUMENT, f"ttl: {ttl_ms} ms; at most {MAX_TTL_MS} ms (30 days)")
         size = _size(key, value)

@@ -12,7 +12,7 @@ everyone's memory of it.
 
 from __future__ import annotations
 
-import unicodedata
+from server.fsm.text_rules import control_character
 
 MAX_NAME_BYTES = 256
 DEFAULT_TTL_MS = 30_000
@@ -30,9 +30,9 @@ def name_problem(value: str) -> str | None:
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_NAME_BYTES:
         return f"{size} bytes of UTF-8; at most {MAX_NAME_BYTES}: use a shorter name (or a hash of it)"
-    for position, char in enumerate(value):
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            return f"character {position} is a control character ({ord(char):#x}); names must be printable"
+    position = control_character(value)
+    if position is not None:
+        return f"character {position} is a control character ({ord(value[position]):#x}); names must be printable"
     return None
 
 

@@ -34,6 +34,7 @@ from dsync.fsm.v1 import queue_pb2
 from dsync.v1 import queue_pb2 as api
 from server.fsm import queue_rules as rules
 from server.fsm.base import ApplyContext, Code, Refusal, Result
+from server.fsm.json_values import json_value_problem
 from server.fsm.queue_store import DELAYED, IN_FLIGHT, READY, Message, QueueStore, Topic
 
 
@@ -386,9 +387,14 @@ def _check_publish(cmd: queue_pb2.QueuePublish) -> Refusal | None:
 
 
 def _json_problem(payload: bytes) -> str | None:
-    """Checked once at publish, so that delivering it (on every replica) cannot fail."""
+    """Checked once at publish, so that delivering it (on every replica, and through the
+    HTTP gateway) cannot fail."""
     try:
-        struct_pb2.Value.FromString(payload)
+        value = struct_pb2.Value.FromString(payload)
     except DecodeError:
         return "not a serialized google.protobuf.Value"
-    return None
+    problem = json_value_problem(value)
+    if problem is None:
+        return None
+    path, text = problem
+    return f"at {path}: {text}" if path else text

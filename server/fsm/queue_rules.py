@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import re
 
+from server.fsm.text_rules import control_character
+
 MAX_TOPIC_BYTES = 256
 DEAD_LETTER_SUFFIX = ".dlq"
 # A topic that is not a dead-letter topic leaves room for its dead-letter topic's suffix.
@@ -51,7 +53,6 @@ MAX_MESSAGES = 100_000
 MAX_STORED_BYTES = 32 << 20
 
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._:/-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # The form of every id dsync assigns: 16 lowercase hex digits of a log index, then "-".
 _ASSIGNED = re.compile(r"[0-9a-f]{16}-")
 _RECEIPT = re.compile(r"[0-9a-f]{1,16}")
@@ -111,8 +112,9 @@ def _text_problem(value: str, limit: int) -> str | None:
     size = len(value.encode())
     if size > limit:
         return f"{size} bytes; at most {limit}"
-    if _CONTROL.search(value):
-        return "contains control characters; use printable text"
+    position = control_character(value)
+    if position is not None:
+        return f"character {position} is a control character ({ord(value[position]):#x}); use printable text"
     return None
 
 

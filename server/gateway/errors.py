@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _from_http_exception(request, exc)
+    except web.RequestPayloadError as exc:
+        # A body aiohttp could not read: an unknown or corrupt Content-Encoding, say.
+        cause = exc.__cause__
+        reason = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+        return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable request body: {reason.strip()}")
+    except ConnectionResetError:
+        # The client went away before its body arrived: no bug, and nobody to answer.
+        logger.debug("HTTP %s %s: the client closed the connection", request.method, request.path)
+        return error_response(grpc.StatusCode.CANCELLED, "the client closed the connection")
     except Exception:
         logger.exception("HTTP %s %s failed", request.method, request.path)
         return error_response(grpc.StatusCode.INTERNAL, "the node failed to handle the request; see its log")

@@ -14,6 +14,8 @@ durations in seconds, as the deployment guide writes them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -24,7 +26,7 @@ import grpc
 from aiohttp import web
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, ServiceDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.message_factory import GetMessageClass
 
@@ -101,26 +103,88 @@ def routes_for(service: ServiceDescriptor, servicer: object) -> list[Route]:
     return found
 
 
-def _short_enum_names(descriptor: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite `"shared"` to `"LOCK_MODE_SHARED"` (and the like) wherever an enum is expected."""
+def _normalise(descriptor: Descriptor, payload: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Check and ease what protobuf's JSON mapping would take too loosely, in the fields of
+    dsync's own messages: a field given twice (`page_size` and `pageSize`), an enum given
+    as a bool or a fraction (json_format would truncate 2.9 to 2), bytes that are not
+    base64 (json_format decodes leniently, dropping what it cannot read).  Short enum names
+    (`"shared"` for `LOCK_MODE_SHARED`) become full ones.  Unknown fields are left for
+    json_format to name."""
     out: dict[str, Any] = {}
-    for name, value in payload.items():
-        field = descriptor.fields_by_name.get(name) or descriptor.fields_by_camelcase_name.get(name)
-        if field is not None and field.enum_type is not None and isinstance(value, str):
-            value = _enum_name(field.enum_type, value)
-        elif field is not None and field.message_type is not None and isinstance(value, dict):
-            if field.message_type.full_name.startswith("dsync."):
-                value = _short_enum_names(field.message_type, value)
-        out[name] = value
+    given: dict[str, str] = {}  # field name -> the key that gave it
+    for key, value in payload.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is not None:
+            name = where + field.name
+            if field.name in given:
+                raise ValueError(f"{name}: given twice, as {given[field.name]!r} and {key!r}; give it once")
+            given[field.name] = key
+            if field.is_repeated and isinstance(value, list) and not _is_map(field):
+                value = [_normalise_value(field, item, f"{name}[{i}]") for i, item in enumerate(value)]
+            elif not field.is_repeated:
+                value = _normalise_value(field, value, name)
+        out[key] = value
     return out
 
 
-def _enum_name(enum: Any, value: str) -> str:
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+def _normalise_value(field: FieldDescriptor, value: Any, name: str) -> Any:
+    if field.enum_type is not None:
+        if isinstance(value, str):
+            return _enum_name(field.enum_type, value)
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{name}: {json.dumps(value)} is not a value; use one of {_short_names(field.enum_type)}")
+    elif field.type == FieldDescriptor.TYPE_BYTES and isinstance(value, str):
+        _check_base64(value, name)
+    elif field.message_type is not None and isinstance(value, dict):
+        if field.message_type.full_name.startswith("dsync."):
+            return _normalise(field.message_type, value, name + ".")
+    return value
+
+
+def _enum_prefix(enum: EnumDescriptor) -> str:
+    return "".join(("_" + c if c.isupper() else c.upper()) for c in enum.name).lstrip("_") + "_"
+
+
+def _enum_name(enum: EnumDescriptor, value: str) -> str:
     if value in enum.values_by_name:
         return value
-    prefix = "".join(("_" + c if c.isupper() else c.upper()) for c in enum.name).lstrip("_")
-    candidate = f"{prefix}_{value.upper()}"
+    candidate = _enum_prefix(enum) + value.upper()
     return candidate if candidate in enum.values_by_name else value
+
+
+def _short_names(enum: EnumDescriptor) -> str:
+    prefix = _enum_prefix(enum)
+    names = [v.name.removeprefix(prefix).lower() for v in enum.values if not v.name.endswith("_UNSPECIFIED")]
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def _check_base64(value: str, name: str) -> None:
+    # protobuf's JSON mapping takes the standard or the URL-safe alphabet, padded or not.
+    text = value.replace("-", "+").replace("_", "/")
+    try:
+        base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError(f"{name}: not base64 (standard or URL-safe alphabet, padding optional)") from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {key!r} appears twice in one JSON object; give it once")
+        obj[key] = value
+    return obj
+
+
+def _decode_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError("the body's JSON nests too deeply to parse: flatten it") from None
 
 
 def timeout_seconds(header: str) -> float:
@@ -138,9 +202,14 @@ async def _parse(route: Route, path_fields: list[str], http: web.Request, messag
     """Fill `message` from the path, then the body (or the query string of a GET)."""
     payload: dict[str, Any] = {}
     if route.body:
+        if http.query:
+            raise ValueError(
+                f"{route.verb} {route.path} reads its fields from the JSON body, not the query string: "
+                f"move {', '.join(sorted(http.query))} into the body"
+            )
         raw = await http.read()  # HTTPRequestEntityTooLarge beyond MAX_BODY_BYTES: see errors.py
         if raw.strip():
-            decoded = json.loads(raw)
+            decoded = _decode_body(raw)
             if route.body == "*":
                 if not isinstance(decoded, dict):
                     raise ValueError("the body must be a JSON object")
@@ -151,7 +220,7 @@ async def _parse(route: Route, path_fields: list[str], http: web.Request, messag
         payload = dict(http.query)
     for name in path_fields:
         payload[name] = http.match_info[name]
-    json_format.ParseDict(_short_enum_names(route.request, payload), message)
+    json_format.ParseDict(_normalise(route.request, payload), message)
 
 
 def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:

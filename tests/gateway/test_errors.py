@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from dsync.v1 import lock_pb2
 from server.api.interceptors import RequestStats
+from server.fsm.json_values import MAX_JSON_DEPTH
 from server.fsm.lock import LockMachine
 from server.gateway.app import http_app
 from server.gateway.errors import MAX_BODY_BYTES
@@ -49,6 +50,23 @@ async def test_a_deadlock_is_409_naming_the_cycle(gw: Gateways) -> None:
     assert status == 200 and granted["resource"] == "r2"
 
 
+def _nested(depth: int) -> object:
+    """A JSON value of `depth` objects inside one another."""
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+async def test_values_nested_to_the_limit_are_stored(gw: Gateways) -> None:
+    deep = _nested(MAX_JSON_DEPTH)
+    await gw.ok("n1", "/cache/put", {"key": "deep", "value": deep})
+    assert (await gw.ok("n2", "/cache/get", {"key": "deep"}))["value"] == deep
+    await gw.ok("n3", "/queue/publish", {"topic": "deep", "data": deep, "id": "d1"})
+    delivered = await gw.ok("n1", "/queue/consume", {"topic": "deep", "consumer": "c"})
+    assert delivered["messages"][0]["data"] == deep
+
+
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
@@ -62,6 +80,17 @@ async def test_a_deadlock_is_409_naming_the_cycle(gw: Gateways) -> None:
         ("/queue/consume", {"topic": "t", "consumer": ""}, "consumer"),
         ("/cache/put", {"key": "", "value": 1}, "key"),
         ("/cache/get", {"key": "k", "consistency": "sometimes"}, "consistency"),
+        # protobuf's JSON mapping alone would truncate these to a mode, or decode what it can
+        ("/lock/acquire", {"resource": "r", "owner": "x", "mode": 2.9}, "mode"),
+        ("/lock/acquire", {"resource": "r", "owner": "x", "mode": True}, "mode"),
+        ("/queue/publish", {"topic": "t", "raw": "@@@@"}, "raw"),
+        ("/queue/publish_batch", {"topic": "t", "messages": [{"data": 1}, {"raw": "SGVs!!bG8="}]}, "messages[1].raw"),
+        ("/lock/list", {"page_size": 1, "pageSize": 5}, "page_size"),
+        # deeper than protobuf decodes again: refused before it costs a log entry
+        ("/cache/put", {"key": "k", "value": _nested(MAX_JSON_DEPTH + 1)}, "value['a']"),
+        ("/queue/publish", {"topic": "t", "data": _nested(MAX_JSON_DEPTH + 1)}, "data['a']"),
+        ("/queue/publish", {"topic": "t", "data": 1, "id": "a\u0085b"}, "id"),
+        ("/queue/consume", {"topic": "t", "consumer": "a\u0085b"}, "consumer"),
     ],
 )
 async def test_invalid_input_is_400_naming_the_field(gw: Gateways, path: str, body: object, field: str) -> None:
@@ -77,6 +106,8 @@ async def test_invalid_input_is_400_naming_the_field(gw: Gateways, path: str, bo
         (b"[1, 2]", "JSON object"),
         (b"\xff\xfe", "bad request"),
         (b'"just a string"', "JSON object"),
+        (b'{"resource": "r1", "owner": "o", "resource": "r2"}', "'resource' appears twice"),
+        (b'{"resource": "r1", "owner": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nests too deeply"),
     ],
 )
 async def test_a_malformed_body_is_400(gw: Gateways, raw: bytes, fragment: str) -> None:
@@ -170,3 +201,26 @@ async def test_a_servicer_bug_is_500_json_and_the_app_keeps_serving(gw: Gateways
         assert requests.counts == {("/lock/broken", "500"): 1, ("/health", "200"): 1}
     finally:
         await client.close()
+
+
+async def test_query_parameters_on_a_body_route_are_400_not_ignored(gw: Gateways) -> None:
+    async with gw.clients["n1"].post("/lock/acquire?resource=q", json={"resource": "r", "owner": "o"}) as response:
+        assert response.status == 400
+        assert_error(await response.json(), "INVALID_ARGUMENT", "query string", "resource")
+    assert (await gw.ok("n2", "/lock/get", {"resource": "r"}))["lock"]["holders"] == []
+
+
+async def test_a_body_aiohttp_cannot_decode_is_400(gw: Gateways) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with gw.clients["n1"].post("/lock/get", data=b'{"resource": "r1"}', headers=headers) as response:
+        assert response.status == 400
+        assert_error(await response.json(), "INVALID_ARGUMENT", "content-encoding")
+
+
+async def test_a_sequence_reused_for_another_call_is_400_naming_it(gw: Gateways) -> None:
+    header = {"client_id": "reuser", "sequence": 1}
+    await gw.ok("n1", "/cache/put", {"key": "k", "value": 1, "header": header})
+    status, answer = await gw.post("n2", "/lock/acquire", {"resource": "r", "owner": "o", "header": header})
+    assert status == 400
+    assert_error(answer, "INVALID_ARGUMENT", "header.sequence", "different call")
+    assert (await gw.ok("n3", "/lock/get", {"resource": "r"}))["lock"]["holders"] == []
