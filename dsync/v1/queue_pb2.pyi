@@ -324,8 +324,11 @@ class AckRequest(_message.Message):
     """The message's topic."""
     id: _builtins.str
     """The message's id (Delivery.id), 1..128 bytes.  A message may be acked once delivered,
-    even if its visibility timeout has passed since (as long as it was not acked already);
-    an id not in the topic is NOT_FOUND.
+    even if its visibility timeout has passed since (as long as it was not acked already),
+    except after its last delivery (`max_deliveries` used up, outside a dead-letter
+    topic): when that one's timeout passes the message moves to `<topic>.dlq` at once,
+    and a late ack is NOT_FOUND; consume it from the dead-letter topic to ack it there.
+    An id not in the topic is NOT_FOUND.
     """
     receipt: _builtins.str
     """Optional: the Delivery.receipt; see there."""

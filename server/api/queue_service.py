@@ -7,15 +7,23 @@ becomes ready at any moment after that look wakes it, and then it consumes again
 look itself is free when the local replica shows ready messages; otherwise a read
 barrier confirms the topic is really empty before waiting, so an idle long poll writes
 at most one entry to the log however long it waits (none without a request header).
+
+One publish wakes every poll waiting on its topic, and each proposing a Consume would
+cost a log entry per poll for one message.  So a poll proposes only for ready messages
+that this node's Consumes in flight have not claimed (`_Claims`); the others wait for
+those to be applied and look again, in the order they began waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import grpc
 
+from dsync.fsm.v1 import queue_pb2
 from dsync.v1 import common_pb2, queue_pb2_grpc
 from dsync.v1 import queue_pb2 as api
 from server.api import queue_requests as requests
@@ -37,6 +45,7 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             raise ValueError("the node's state machine has no QueueMachine under 'queue': add one before the service")
         self._ctx = ctx
         self._queue = queue
+        self._claims = _Claims()
 
     @rpc
     async def Publish(self, request: api.PublishRequest, context: Context) -> api.PublishResponse:
@@ -58,21 +67,30 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             wait = min(wait, max(0.0, budget - _ANSWER_MARGIN))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        topic = request.topic
+        take = _Take(topic, command.consume.max_messages or 1, command)
         header = request.header
         while True:
-            with self._ctx.hub.expect(ready_key(request.topic)) as ready:
-                # A call with a header always proposes once: it may be a retry, answered from
-                # the session the router keeps, whatever the topic holds now.
-                if header.client_id or await self._may_have_ready(request.topic):
-                    response = await execute(self._ctx.replica, "queue", command, header, api.ConsumeResponse)
-                    if response.messages:
-                        return response
+            with self._ctx.hub.expect(ready_key(topic)) as ready:
+                if header.client_id:
+                    # A call with a header always proposes once: it may be a retry, answered
+                    # from the session the router keeps, whatever the topic holds now.
+                    response = await self._take(take, header)
                     # Later attempts are new writes: the header already stands for this one's
                     # (empty) answer, which is what a retry of the whole call gets.
                     header = _NO_HEADER
+                else:
+                    response = await self._look(take, deadline)
                 remaining = deadline - loop.time()
-                if remaining <= 0 or await ready.wait(remaining) is None:
-                    return api.ConsumeResponse()
+                if response.messages or remaining <= 0:
+                    return response
+                if await ready.wait(remaining) is None:
+                    break
+        # A wake-up missed for any reason would otherwise cost the whole wait and an empty
+        # answer with a message in plain sight: look at this replica once more.
+        if self._queue.ready_count(topic):
+            return await self._take(take, _NO_HEADER)
+        return api.ConsumeResponse()
 
     @rpc
     async def Ack(self, request: api.AckRequest, context: Context) -> api.AckResponse:
@@ -97,12 +115,96 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
             await self._ctx.replica.read_barrier()
         return self._queue.stats(request.topic, self._ctx.machine.now_ms)
 
-    async def _may_have_ready(self, topic: str) -> bool:
-        """Whether consuming could deliver something; False only once confirmed by a read barrier."""
-        if self._queue.ready_count(topic):
-            return True
-        await self._ctx.replica.read_barrier()
-        return self._queue.ready_count(topic) > 0
+    async def _look(self, take: _Take, deadline: float) -> api.ConsumeResponse:
+        """Consume if ready messages are left over for this poll; empty once the topic is
+        confirmed empty by a read barrier, or once this node's Consumes in flight took
+        what was ready.
+
+        While time remains, a poll leaves the messages that this node's Consumes in flight
+        have claimed to them, and looks again once one of those is applied: one publish
+        that wakes thirty polls then costs one Consume entry, not thirty.  With no time
+        left it proposes whatever the claims say: its answer may come back empty, but it
+        never leaves behind a message a claim did not take after all (a Consume answer
+        stops at its byte budget).
+        """
+        loop = asyncio.get_running_loop()
+        topic = take.topic
+        confirmed = False
+        while True:
+            ready = self._queue.ready_count(topic)
+            claimed = self._claims.held(topic)
+            remaining = deadline - loop.time()
+            if ready > claimed or (ready and remaining <= 0):
+                return await self._take(take, _NO_HEADER)
+            if ready:
+                # This node's own Consume, just applied here, stands for a fresh look:
+                # no read barrier is needed afterwards.
+                await self._claims.settled(topic, remaining)
+                confirmed = True
+            elif confirmed:
+                return api.ConsumeResponse()
+            else:
+                await self._ctx.replica.read_barrier()
+                confirmed = True
+
+    async def _take(self, take: _Take, header: common_pb2.RequestHeader) -> api.ConsumeResponse:
+        with self._claims.claim(take.topic, take.limit):
+            return await execute(self._ctx.replica, "queue", take.command, header, api.ConsumeResponse)
+
+
+class _Take(NamedTuple):
+    """What one Consume call proposes, and how many messages it may take."""
+
+    topic: str
+    limit: int
+    command: queue_pb2.QueueCommand
+
+
+class _Claims:
+    """Per topic, how many messages this node's Consumes in flight may take.
+
+    Waiters are woken in the order they began waiting (asyncio runs the callbacks of
+    futures in the order their results are set), which keeps long polls roughly FIFO.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+
+    def held(self, topic: str) -> int:
+        return self._held.get(topic, 0)
+
+    @contextmanager
+    def claim(self, topic: str, count: int) -> Iterator[None]:
+        """Hold a claim on `count` of `topic`'s ready messages while a Consume is in flight."""
+        self._held[topic] = self.held(topic) + count
+        try:
+            yield
+        finally:
+            left = self._held[topic] - count
+            if left:
+                self._held[topic] = left
+            else:
+                del self._held[topic]
+            for waiter in self._waiting.pop(topic, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def settled(self, topic: str, timeout: float) -> None:
+        """Until one of `topic`'s claims ends, or `timeout` seconds pass."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.setdefault(topic, [])
+        waiting.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self._waiting.get(topic, [])
+            if waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiting[topic]
 
 
 def add_queue_service(server: grpc.aio.Server, ctx: ServiceContext) -> str:

@@ -24,8 +24,10 @@ DELAYED = queue_pb2.QUEUE_MESSAGE_STATE_DELAYED
 State: TypeAlias = "queue_pb2.QueueMessageState.ValueType"
 
 # Stale timer entries (acked or extended messages) are dropped once they outnumber the
-# live ones by this much: memory stays proportional to the messages held.
+# live ones by this much: memory stays proportional to the messages held.  The same goes
+# for a topic's stale ready entries (messages settled while ready, behind the head).
 _TIMER_SLACK = 1024
+_READY_SLACK = 1024
 
 
 @dataclass(slots=True)
@@ -73,10 +75,22 @@ class Topic:
         self._count(message, 1)
         if message.state == READY:
             heapq.heappush(self._ready, (message.seq, message.id))
+            if len(self._ready) > 2 * self.counts[READY] + _READY_SLACK:
+                # Messages enter in seq order, so this list is sorted: already a heap.
+                self._ready = [(m.seq, m.id) for m in self.messages.values() if m.state == READY]
 
     def leave(self, message: Message) -> None:
-        """Stop counting a message in its current state (its ready entry goes stale)."""
+        """Stop counting a message in its current state.
+
+        A ready message leaving from the head of the heap -- the one being delivered --
+        takes its entry along: left there, it would still match the message once it is
+        ready again, and every redelivery would add another such entry for good.  Any
+        other ready entry just goes stale (see the module doc).
+        """
         self._count(message, -1)
+        ready = self._ready
+        if message.state == READY and ready and ready[0] == (message.seq, message.id):
+            heapq.heappop(ready)
 
     def _count(self, message: Message, sign: int) -> None:
         self.counts[message.state] += sign

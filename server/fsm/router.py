@@ -11,16 +11,18 @@ never compared.
 
 Sessions (Raft thesis §6.3): a command with a client id and sequence number is applied
 once; a retry gets the first result.  Each session remembers its last
-`SESSION_RESULTS` results (a command at or below the highest forgotten sequence is
-refused rather than risk applying it twice) and expires after `SESSION_IDLE_MS` without
-writes.
+`SESSION_RESULTS` results, and of those only as many as fit in `SESSION_RESULT_BYTES`
+(serialized sizes) besides its newest, which it always keeps.  A command at or below
+the highest forgotten sequence is refused rather than risk applying it twice.  A session
+expires after `SESSION_IDLE_MS` without writes.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -29,6 +31,10 @@ from dsync.fsm.v1 import command_pb2
 from server.fsm.base import ApplyContext, Code, Component, Emit, Refusal, Result
 
 SESSION_RESULTS = 256
+# What a session's older results may weigh, besides its newest one: retries of writes
+# still in flight need them, and every replica holds them and every snapshot carries
+# them (docs/design.md, "Exactly-once writes").
+SESSION_RESULT_BYTES = 1 << 20
 SESSION_IDLE_MS = 60 * 60 * 1000
 MAX_CLIENT_ID_BYTES = 128
 
@@ -37,14 +43,42 @@ def _ignore(event: object) -> None:
     """Default event sink: nobody is waiting."""
 
 
+@runtime_checkable
+class AnnouncesRestore(Protocol):
+    """A component whose waiting RPCs a restore may concern (optional, beside `Component`).
+
+    A follower that installs a leader's snapshot skips the entries whose apply would have
+    emitted their events, so RPCs waiting on it would sleep through what the new state
+    already decided.  The router emits these events once the whole state is installed.
+    """
+
+    def restored_events(self) -> Iterable[object]:
+        """The events that wake every wait the installed state may have ended."""
+        ...
+
+
 @dataclass
 class _Session:
-    results: OrderedDict[int, Result] = field(default_factory=OrderedDict)  # in apply order
+    # sequence -> (result, its serialized size), in apply order
+    results: OrderedDict[int, tuple[Result, int]] = field(default_factory=OrderedDict)
+    kept_bytes: int = 0  # the sizes of `results`, summed
     last_seen_ms: int = 0
     # Highest sequence whose result was dropped.  A client's concurrent writes may commit
     # out of sequence order, so only this watermark, not the oldest result kept, tells a
     # new write from a retry whose answer is forgotten.
     forgotten_upto: int = 0
+
+    def keep(self, sequence: int, result: Result) -> None:
+        """Remember a result as the newest; forget the oldest beyond the count or the bytes."""
+        size = _result_bytes(result)
+        self.results[sequence] = (result, size)
+        self.kept_bytes += size
+        results = self.results
+        budget = SESSION_RESULT_BYTES + size  # the newest is kept whatever its size
+        while len(results) > SESSION_RESULTS or self.kept_bytes > budget:
+            dropped, (_, dropped_size) = results.popitem(last=False)
+            self.kept_bytes -= dropped_size
+            self.forgotten_upto = max(self.forgotten_upto, dropped)
 
 
 class DsyncStateMachine:
@@ -95,7 +129,7 @@ class DsyncStateMachine:
             entry = snap.sessions.add(
                 client_id=client_id, last_seen_ms=session.last_seen_ms, forgotten_upto=session.forgotten_upto
             )
-            for sequence, result in session.results.items():
+            for sequence, (result, _) in session.results.items():
                 entry.results.add(sequence=sequence, result=_encode_result(result))
         for name, component in self.components.items():
             setattr(snap, name, component.snapshot())
@@ -108,7 +142,10 @@ class DsyncStateMachine:
         for entry in snap.sessions:
             session = _Session(last_seen_ms=entry.last_seen_ms, forgotten_upto=entry.forgotten_upto)
             for cached in entry.results:
-                session.results[cached.sequence] = _decode_result(cached.result)
+                result = _decode_result(cached.result)
+                size = _result_bytes(result)
+                session.results[cached.sequence] = (result, size)
+                session.kept_bytes += size
             sessions[entry.client_id] = session
         installs = [component.prepare_restore(getattr(snap, name)) for name, component in self.components.items()]
 
@@ -117,6 +154,10 @@ class DsyncStateMachine:
             self._sessions = sessions
             for component_install in installs:
                 component_install()
+            for component in self.components.values():
+                if isinstance(component, AnnouncesRestore):
+                    for event in component.restored_events():
+                        self.emit(event)
 
         return install
 
@@ -150,19 +191,17 @@ class DsyncStateMachine:
         self._sessions[cmd.client_id] = session  # now the most recently active
         seen = session.results.get(cmd.sequence)
         if seen is not None:
-            return seen
+            return seen[0]
         if cmd.sequence <= session.forgotten_upto:
             return Refusal(
                 Code.FAILED_PRECONDITION,
                 f"header.sequence {cmd.sequence} is at or below {session.forgotten_upto}, whose outcome "
-                f"this client's session no longer keeps (it keeps {SESSION_RESULTS} results): "
-                "send new writes with new sequence numbers",
+                f"this client's session no longer keeps (it keeps its last {SESSION_RESULTS} results, "
+                f"{SESSION_RESULT_BYTES} bytes of them besides the newest): check whether that write "
+                "took effect by reading, and send new writes with new sequence numbers",
             )
         result = component.apply(getattr(cmd, op), ctx)
-        session.results[cmd.sequence] = result
-        while len(session.results) > SESSION_RESULTS:
-            dropped, _ = session.results.popitem(last=False)
-            session.forgotten_upto = max(session.forgotten_upto, dropped)
+        session.keep(cmd.sequence, result)
         return result
 
     def _expire_sessions(self) -> None:
@@ -173,6 +212,14 @@ class DsyncStateMachine:
             if sessions[client_id].last_seen_ms > horizon:
                 break
             del sessions[client_id]
+
+
+def _result_bytes(result: Result) -> int:
+    """What a result weighs in a session: its serialized size, the same on every replica
+    and after a restore (deterministic, unlike the memory Python spends on it)."""
+    if isinstance(result, Refusal):
+        return len(result.message.encode())
+    return result.ByteSize()
 
 
 def _encode_result(result: Result) -> command_pb2.Result:

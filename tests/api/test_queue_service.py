@@ -11,9 +11,11 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from dsync.fsm.v1 import queue_pb2 as fsm_queue
 from dsync.v1 import common_pb2, queue_pb2_grpc
 from dsync.v1 import queue_pb2 as api
 from server.api.queue_service import add_queue_service
+from server.fsm.base import ApplyContext, Result
 from server.fsm.queue import QueueMachine, ready_key
 from server.raft import NodeId
 from tests.api.harness import ServiceCluster, service_cluster
@@ -116,6 +118,105 @@ async def test_a_long_poll_with_nothing_to_deliver_answers_empty_after_its_wait(
     # A client deadline shorter than the wait: an empty answer in time, not DEADLINE_EXCEEDED.
     take = api.ConsumeRequest(topic="t", consumer="w", wait_timeout=20)
     assert await queue(cluster, "n2").Consume(take, timeout=1.0) == api.ConsumeResponse()
+
+
+async def waiting_polls(cluster: ServiceCluster, nid: NodeId, topic: str, count: int) -> None:
+    """Until `count` long polls on `nid` wait for `topic`."""
+    hub = cluster.nodes[nid].hub
+    await eventually(lambda: len(hub._waiting.get(ready_key(topic), [])) == count, f"{count} polls wait on {nid}")
+
+
+def poll(stub: Stub, topic: str, consumer: str, wait: float) -> asyncio.Task[api.ConsumeResponse]:
+    request = api.ConsumeRequest(topic=topic, consumer=consumer, wait_timeout=wait)
+    return asyncio.ensure_future(stub.Consume(request, timeout=wait + RPC_TIMEOUT))
+
+
+async def test_a_long_poll_on_a_follower_wakes_when_a_snapshot_brings_it_a_message() -> None:
+    """A follower that installs the leader's snapshot applies none of the entries that made
+    the message ready: the install itself must wake the poll."""
+    async with service_cluster(
+        register=[add_queue_service],
+        components=lambda: {"queue": QueueMachine()},
+        snapshot_entries=20,
+        snapshot_catchup_entries=0,
+    ) as cluster:
+        leader = (await cluster.raft.leader()).id
+        follower, other = (nid for nid in cluster.raft.ids if nid != leader)
+        stats = cluster.raft.replica(follower).stats
+        reads = stats.reads_served
+        waits = poll(queue(cluster, follower), "t", "w", wait=15)
+        await eventually(lambda: stats.reads_served > reads, "the poll confirms the topic empty, then waits")
+        await waiting(cluster, follower, "t")
+        cluster.raft.partition([leader, other], [follower])
+        await publish(queue(cluster, leader), "t", b"m")
+        for _ in range(60):  # the leader snapshots and compacts its log past the follower
+            await publish(queue(cluster, leader), "filler", b"x")
+        cluster.raft.heal()
+        await eventually(lambda: stats.snapshots_installed >= 1, "the follower installs the leader's snapshot")
+        got = await asyncio.wait_for(waits, 5)  # well before its 15 s
+        assert [d.raw for d in got.messages] == [b"m"]
+
+
+async def test_a_long_poll_that_missed_its_wake_up_looks_once_more_before_answering_empty(
+    cluster: ServiceCluster,
+) -> None:
+    cluster.machine("n2").emit = lambda event: None  # n2's polls hear of nothing
+    waits = poll(queue(cluster, "n2"), "t", "w", wait=1)
+    await waiting(cluster, "n2", "t")
+    await publish(queue(cluster, "n1"), "t", b"m")
+    n2_queue = cluster.machine("n2").components["queue"]
+    assert isinstance(n2_queue, QueueMachine)
+    await eventually(lambda: n2_queue.ready_count("t") == 1, "n2 applies the publish")
+    assert [d.raw for d in (await waits).messages] == [b"m"]
+
+
+class CountingQueue(QueueMachine):
+    """Counts the Consume entries this replica applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.consumes = 0
+
+    def apply(self, command: bytes, ctx: ApplyContext) -> Result:
+        if fsm_queue.QueueCommand.FromString(command).WhichOneof("op") == "consume":
+            self.consumes += 1
+        return super().apply(command, ctx)
+
+
+async def test_one_publish_to_many_waiting_long_polls_costs_one_consume_entry() -> None:
+    async with service_cluster(register=[add_queue_service], components=lambda: {"queue": CountingQueue()}) as cluster:
+        leader = (await cluster.raft.leader()).id
+        follower = next(nid for nid in cluster.raft.ids if nid != leader)
+        polls = [poll(queue(cluster, follower), "t", f"w{i}", wait=1.5) for i in range(30)]
+        await waiting_polls(cluster, follower, "t", 30)
+        counting = cluster.machine(leader).components["queue"]
+        assert isinstance(counting, CountingQueue)
+        before = counting.consumes
+        await publish(queue(cluster, leader), "t", b"one")
+        answers = await asyncio.gather(*polls)
+        assert sorted(len(a.messages) for a in answers) == [0] * 29 + [1]
+        assert counting.consumes - before == 1
+
+
+async def test_long_polls_woken_together_each_take_one_message_of_a_batch(cluster: ServiceCluster) -> None:
+    polls = [poll(queue(cluster, "n2"), "t", f"w{i}", wait=1.5) for i in range(5)]
+    await waiting_polls(cluster, "n2", "t", 5)
+    batch = [api.PublishBatchRequest.Entry(raw=b"%d" % i) for i in range(3)]
+    await queue(cluster, "n1").PublishBatch(api.PublishBatchRequest(topic="t", messages=batch), timeout=RPC_TIMEOUT)
+    answers = await asyncio.gather(*polls)
+    assert sorted(d.raw for a in answers for d in a.messages) == [b"0", b"1", b"2"]
+    assert sorted(len(a.messages) for a in answers) == [0, 0, 1, 1, 1]
+
+
+async def test_waiting_long_polls_are_served_in_the_order_they_began_waiting(cluster: ServiceCluster) -> None:
+    polls = []
+    for i in range(3):
+        polls.append(poll(queue(cluster, "n3"), "t", f"w{i}", wait=15))
+        await waiting_polls(cluster, "n3", "t", i + 1)
+    for i, waits in enumerate(polls):
+        await publish(queue(cluster, "n1"), "t", b"%d" % i)
+        got = await asyncio.wait_for(waits, RPC_TIMEOUT)
+        assert [d.raw for d in got.messages] == [b"%d" % i]
 
 
 async def test_a_passed_visibility_timeout_redelivers_with_delivery_count_two(cluster: ServiceCluster) -> None:

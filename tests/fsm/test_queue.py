@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from dsync.fsm.v1 import command_pb2, queue_pb2
 from dsync.v1 import queue_pb2 as api
 from server.fsm import queue_rules as rules
+from server.fsm import queue_store
 from server.fsm.base import Code, Refusal
 from server.fsm.protocols import restore
 from server.fsm.queue import MessagesReady, QueueMachine
@@ -194,6 +195,43 @@ def test_a_stale_receipt_cannot_settle_a_redelivered_message() -> None:
     assert q.ack("t", "a", int(new.receipt, 16)) == api.AckResponse()
 
 
+def ready_entries(q: Driver, topic: str) -> int:
+    """The length of `topic`'s ready heap: what it costs in memory, stale entries included."""
+    return len(q.machine._store.topics[topic]._ready)
+
+
+def test_redelivering_one_message_again_and_again_keeps_one_ready_entry_for_it() -> None:
+    q = Driver()
+    q.publish("t.dlq", entry(id="p"), entry(id="behind"))
+    q.consume("t.dlq", max_messages=2)
+    q.nack("t.dlq", "behind", delay_ms=60_000)
+    q.nack("t.dlq", "p")
+    for _ in range(3 * 1024):  # past the slack that compacting stale entries allows
+        (delivery,) = q.consume("t.dlq")
+        assert delivery.id == "p"
+        q.nack("t.dlq", "p")
+    assert ready_entries(q, "t.dlq") == 1
+
+
+def test_stale_ready_entries_are_dropped_once_they_outnumber_the_live_ones() -> None:
+    """Messages acked after their visibility timeout, while ready behind an older one,
+    leave entries that no delivery reaches; they must not pile up."""
+    q = Driver()
+    q.publish("t", entry(id="head"))
+    for batch in range(2):
+        q.publish("t", *(entry(id=f"m{batch}-{i}") for i in range(1000)))
+    delivered = [d for _ in range(3) for d in q.consume("t", max_messages=1000, visibility_ms=100)]
+    q.tick(10)
+    q.tick(100)  # every delivery timed out: all ready again, in order
+    for delivery in delivered[1:]:
+        assert q.ack("t", delivery.id, int(delivery.receipt, 16)) == api.AckResponse()
+    q.publish("t", entry(id="new"))
+    assert q.stats("t").ready == 2
+    assert ready_entries(q, "t") <= 2 * 2 + queue_store._READY_SLACK
+    assert [d.id for d in q.consume("t", max_messages=10)] == ["head", "new"]
+    assert q.copy().machine.snapshot() == q.machine.snapshot()
+
+
 def test_nack_returns_a_message_at_once_or_after_its_delay() -> None:
     q = Driver()
     q.publish("t", entry(id="a"), entry(id="b"))
@@ -269,6 +307,19 @@ def test_a_nack_of_the_last_delivery_dead_letters_at_once() -> None:
     q.consume("t")
     assert q.nack("t", "p", delay_ms=60_000) == api.NackResponse(dead_lettered=True)
     assert [d.id for d in q.consume("t.dlq")] == ["p"]
+
+
+def test_a_late_ack_of_the_last_delivery_finds_the_message_dead_lettered() -> None:
+    """The one exception to "a delivered message may be acked after its visibility
+    timeout": the last delivery's timeout moves the message to the dead-letter topic."""
+    q = Driver()
+    q.publish("t", entry(id="j", max_deliveries=1))
+    (delivery,) = q.consume("t", visibility_ms=100)
+    q.tick(10)
+    q.tick(100)
+    refused(q.ack("t", "j", int(delivery.receipt, 16)), Code.NOT_FOUND, "dead-lettered")
+    (dead,) = q.consume("t.dlq")
+    assert q.ack("t.dlq", dead.id, int(dead.receipt, 16)) == api.AckResponse()
 
 
 def test_the_default_is_five_deliveries() -> None:
@@ -419,6 +470,48 @@ def test_results_survive_the_router_session_cache_and_its_snapshot() -> None:
     assert queue(3, consume, 2) == first
     assert isinstance(first, api.ConsumeResponse) and [d.raw for d in first.messages] == [b"m"]
     assert queue(4, consume, 3) == api.ConsumeResponse()
+
+
+def test_a_restored_state_wakes_the_long_polls_of_every_topic_with_ready_messages() -> None:
+    """A follower that installs a leader's snapshot applies none of the entries that made
+    those messages ready: without these events its long polls would sleep on."""
+    source = Driver()
+    source.publish("b", entry(id="ready"))
+    source.publish("a", entry(id="ready"), entry(id="later", delay_ms=1000))
+    source.publish("held", entry(id="x"))
+    source.consume("held")
+    source.publish("delayed", entry(delay_ms=1000))
+    fsm = DsyncStateMachine({"queue": source.machine})
+    events: list[object] = []
+    follower = DsyncStateMachine({"queue": QueueMachine()})
+    follower.emit = events.append
+    install = follower.prepare_restore(fsm.snapshot())
+    assert events == []  # nothing before the state is in place
+    install()
+    assert events == [MessagesReady("a"), MessagesReady("b")]
+
+
+def test_a_session_keeping_large_consume_answers_stays_bounded_in_every_snapshot() -> None:
+    fsm = DsyncStateMachine({"queue": QueueMachine()})
+    index = 0
+
+    def queue(command: queue_pb2.QueueCommand, seq: int = 0) -> object:
+        nonlocal index
+        index += 1
+        envelope = command_pb2.Command(client_id="c" if seq else "", sequence=seq, queue=command.SerializeToString())
+        return fsm.apply(index, envelope.SerializeToString())
+
+    payload = b"x" * rules.MAX_PAYLOAD_BYTES
+    consume = queue_pb2.QueueCommand(consume=queue_pb2.QueueConsume(topic="t", consumer="w", max_messages=4))
+    for seq in range(1, 9):  # eight answers of 1 MiB each
+        queue(publishing(*[entry(payload)] * 4))
+        answer = queue(consume, seq)
+        assert isinstance(answer, api.ConsumeResponse) and len(answer.messages) == 4
+        for delivery in answer.messages:
+            queue(queue_pb2.QueueCommand(ack=queue_pb2.QueueSettle(topic="t", id=delivery.id)))
+    assert len(fsm.snapshot()) < 2.5 * rules.MAX_CONSUME_BYTES
+    assert queue(consume, 8) == answer  # the newest answer is kept
+    refused(queue(consume, 1), Code.FAILED_PRECONDITION, "no longer keeps")
 
 
 # ---------------------------------------------------------------------- against the model

@@ -10,7 +10,7 @@ from google.protobuf import wrappers_pb2
 from dsync.fsm.v1 import command_pb2
 from server.fsm.base import ApplyContext, Code, Refusal, Result
 from server.fsm.protocols import restore
-from server.fsm.router import SESSION_IDLE_MS, SESSION_RESULTS, DsyncStateMachine
+from server.fsm.router import SESSION_IDLE_MS, SESSION_RESULT_BYTES, SESSION_RESULTS, DsyncStateMachine
 
 
 class Counter:
@@ -24,6 +24,8 @@ class Counter:
         if command == b"bad":
             return Refusal(Code.INVALID_ARGUMENT, "bad")
         self.count += 1
+        if command.startswith(b"bytes:"):  # an answer of that many bytes, as a Consume's may be
+            return wrappers_pb2.BytesValue(value=b"%d" % self.count * int(command[6:]))
         return wrappers_pb2.UInt64Value(value=self.count)
 
     def advance(self, ctx: ApplyContext) -> None:
@@ -94,6 +96,31 @@ def test_refusals_are_remembered_too_and_forgotten_sequences_are_refused() -> No
     stale = fsm.apply(10_000, cmd(client="c", seq=1))
     assert isinstance(stale, Refusal) and stale.code is Code.FAILED_PRECONDITION
     assert "header.sequence" in stale.message
+
+
+def test_a_session_keeps_a_bounded_number_of_bytes_but_always_its_newest_result() -> None:
+    fsm, counter = machine()
+    quarter = SESSION_RESULT_BYTES // 4
+    for seq in range(1, 6):  # five quarters: the oldest no longer fits beside the newest
+        fsm.apply(seq, cmd(b"bytes:%d" % quarter, client="c", seq=seq))
+    huge = fsm.apply(6, cmd(b"bytes:%d" % (2 * SESSION_RESULT_BYTES), client="c", seq=6))
+    applied = counter.count
+    data = fsm.snapshot()
+    assert len(data) < SESSION_RESULT_BYTES + 2 * SESSION_RESULT_BYTES + 1024  # older results, then the newest
+    copy, _ = machine()
+    restore(copy, data)
+    assert copy.snapshot() == data
+    for replica in (fsm, copy):
+        assert replica.apply(7, cmd(b"bytes:1", client="c", seq=6)) == huge  # the newest, however large
+        assert replica.apply(8, cmd(b"bytes:1", client="c", seq=3)) == wrappers_pb2.BytesValue(value=b"3" * quarter)
+        forgotten = replica.apply(9, cmd(b"bytes:1", client="c", seq=1))
+        assert isinstance(forgotten, Refusal) and forgotten.code is Code.FAILED_PRECONDITION
+        assert "no longer keeps" in forgotten.message and "new sequence numbers" in forgotten.message
+    assert counter.count == applied
+    # Small results still fill the whole count.
+    for seq in range(7, 7 + SESSION_RESULTS):
+        fsm.apply(seq + 10, cmd(client="c", seq=seq))
+    assert fsm.apply(10_000, cmd(client="c", seq=7)) == wrappers_pb2.UInt64Value(value=applied + 1)
 
 
 def test_idle_sessions_expire_with_cluster_time() -> None:
