@@ -4,7 +4,10 @@ A blocking Acquire is one log entry: the state machine either grants it or queue
 A queued request's grant, timeout or deadlock-free end is decided later by the state
 machine -- committed, the same on every replica -- and announced as an event on each
 node; the RPC registered for that event *before* proposing, so it cannot miss one
-decided in the very apply that queued it.  The servicer only reports the decision.
+decided in the very apply that queued it.  The servicer only reports the decision, and
+only its own wait's: events come by (resource, owner), and the same owner's earlier
+wait for the resource may end while this request is in flight, so the RPC matches the
+event's wait id against the one its Queued outcome names and listens again otherwise.
 
 Its own wall-clock limit (timeout plus `WAIT_GRACE_S`) is a safety net for when cluster
 time stalls (no leader, so no clock entries): it then proposes a Withdraw, whose
@@ -18,6 +21,7 @@ this node's replica.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,6 +33,7 @@ from server.api.commands import execute
 from server.api.context import ServiceContext
 from server.api.errors import ServiceError, rpc
 from server.api.events import Expectation
+from server.fsm import lock_views
 from server.fsm.lock import LockGranted, LockMachine, LockWaitEnded, wait_key
 from server.fsm.lock_state import Mode
 from server.replica.stats import Histogram
@@ -63,14 +68,15 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
     @rpc
     async def Acquire(self, request: lock_pb2.AcquireRequest, context: Context) -> lock_pb2.AcquireResponse:
         command = lock_requests.acquire(request)
-        with self._ctx.hub.expect(wait_key(command.resource, command.owner)) as expectation:
+        with ExitStack() as listening:
+            expectation = listening.enter_context(self._ctx.hub.expect(wait_key(command.resource, command.owner)))
             outcome = await self._propose(fsm_lock_pb2.LockCommand(acquire=command), request.header)
             if outcome.HasField("granted"):
                 return self._still_held(outcome.granted, command)
             began = time.monotonic()
             waited = self.stats.not_granted
             try:
-                response = await self._await_grant(expectation, command)
+                response = await self._await_grant(listening, expectation, command, outcome.queued.wait_id)
                 waited = self.stats.granted
                 return response
             finally:
@@ -84,7 +90,8 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
     @rpc
     async def Refresh(self, request: lock_pb2.RefreshRequest, context: Context) -> lock_pb2.RefreshResponse:
         command = fsm_lock_pb2.LockCommand(refresh=lock_requests.refresh(request))
-        return await execute(self._ctx.replica, "lock", command, request.header, lock_pb2.RefreshResponse)
+        renewed = await execute(self._ctx.replica, "lock", command, request.header, lock_pb2.RefreshResponse)
+        return self._still_renewed(renewed)
 
     @rpc
     async def Validate(self, request: lock_pb2.ValidateRequest, context: Context) -> lock_pb2.ValidateResponse:
@@ -135,27 +142,57 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
             )
         return held
 
-    async def _await_grant(
-        self, expectation: Expectation, command: fsm_lock_pb2.LockCommand.Acquire
-    ) -> lock_pb2.AcquireResponse:
-        resource, owner, mode = command.resource, command.owner, Mode(command.mode)
-        if not expectation.future.done() and not self._locks.waits(resource, owner):
-            # A retry answered from the client's session ("queued"): the first attempt's
-            # wait already ended, before this expectation was registered.
-            held = self._locks.holding(resource, owner, mode, self._now_ms)
-            if held is not None:
-                return held
+    def _still_renewed(self, renewed: lock_pb2.RefreshResponse) -> lock_pb2.RefreshResponse:
+        """The renewed lease, as it stands now.  A retry answered from the client's session
+        carries the first attempt's answer, whose lease may have ended since (and the lock
+        moved on): never report that one as renewed."""
+        held = self._locks.holding(renewed.resource, renewed.owner, Mode.SHARED, self._now_ms)
+        if held is None or held.fencing_token != renewed.fencing_token:
             raise ServiceError(
-                grpc.StatusCode.ABORTED,
-                f"this retried request's wait for {resource!r} already ended and {owner} does not hold it "
-                f"{mode.adverb} now: acquire again with a new request",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the lease of {renewed.resource!r} this request renewed (token {renewed.fencing_token}) has "
+                f"ended since, and {renewed.owner} does not hold it under that token now: acquire it again",
             )
-        event = await expectation.wait(command.timeout_ms / 1000 + WAIT_GRACE_S)
-        if isinstance(event, LockGranted):
-            return event.response
-        if isinstance(event, LockWaitEnded):
-            raise ServiceError(grpc.StatusCode.ABORTED, event.message)
-        withdraw = fsm_lock_pb2.LockCommand.Withdraw(resource=resource, owner=owner, mode=command.mode)
+        return lock_views.renewal(held)
+
+    async def _await_grant(
+        self, listening: ExitStack, expectation: Expectation, command: fsm_lock_pb2.LockCommand.Acquire, wait_id: int
+    ) -> lock_pb2.AcquireResponse:
+        """The end of wait `wait_id`, as the state machine decides it.  `expectation` was
+        registered before the wait could end; replacements are registered on `listening`."""
+        resource, owner, mode = command.resource, command.owner, Mode(command.mode)
+        deadline = time.monotonic() + command.timeout_ms / 1000 + WAIT_GRACE_S
+        while True:
+            if not expectation.future.done() and not self._locks.wait_queued(resource, owner, wait_id):
+                # The wait ended before this expectation was registered: a retry answered
+                # "queued" from the client's session, an Acquire that joined the owner's
+                # wait, or a new listener after another wait's event.  Its event is gone.
+                held = self._locks.holding(resource, owner, mode, self._now_ms)
+                if held is not None:
+                    return held
+                raise ServiceError(
+                    grpc.StatusCode.ABORTED,
+                    f"this request's wait for {resource!r} (wait {wait_id}) already ended, and {owner} does not "
+                    f"hold it {mode.adverb} now: acquire again with a new request",
+                )
+            event = await expectation.wait(max(0.0, deadline - time.monotonic()))
+            if event is None:
+                return await self._withdraw(command, wait_id)
+            if isinstance(event, LockGranted) and event.wait_id == wait_id:
+                return event.response
+            if isinstance(event, LockWaitEnded) and event.wait_id == wait_id:
+                raise ServiceError(grpc.StatusCode.ABORTED, event.message)
+            # Another wait of this owner's for this resource ended (an earlier request's):
+            # not this request's answer.  Listen again; the check above catches our own
+            # wait ending in between.
+            expectation = listening.enter_context(self._ctx.hub.expect(expectation.key))
+
+    async def _withdraw(self, command: fsm_lock_pb2.LockCommand.Acquire, wait_id: int) -> lock_pb2.AcquireResponse:
+        """Cluster time stalled past the wait's timeout: end it through the log, whose
+        answer says whether it was granted after all."""
+        withdraw = fsm_lock_pb2.LockCommand.Withdraw(
+            resource=command.resource, owner=command.owner, mode=command.mode, wait_id=wait_id
+        )
         outcome = await self._propose(fsm_lock_pb2.LockCommand(withdraw=withdraw), common_pb2.RequestHeader())
         return outcome.granted  # a Withdraw either grants or is refused (raised by execute)
 

@@ -29,10 +29,13 @@ Rules (the public contract is in protos/dsync/v1/lock.proto):
   keeping its shared hold; a second would-be upgrader waits for the first and vice
   versa, so it is refused as a deadlock.
 
-A granted or ended wait is announced with a `LockGranted` or `LockWaitEnded` event keyed
-by `wait_key(resource, owner)`, for the RPC waiting on that node.  The wait itself
-belongs to the cluster: it ends by grant, timeout, or `Withdraw`, whether or not anyone
-still listens.
+Each wait is known by its id, the log index of the entry that queued it (returned in
+the Queued outcome).  A granted or ended wait is announced with a `LockGranted` or
+`LockWaitEnded` event keyed by `wait_key(resource, owner)` and carrying that id, for the
+RPCs waiting on that node: the same owner may have had an earlier wait for the same
+resource end while its new request was in flight, and only the id tells the two apart.
+The wait itself belongs to the cluster: it ends by grant, timeout, or a `Withdraw`
+naming its id, whether or not anyone still listens.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class LockGranted:
     """A queued request was granted."""
 
     key: WaitKey
+    wait_id: int
     response: lock_pb2.AcquireResponse
 
 
@@ -80,6 +84,7 @@ class LockWaitEnded:
     """A queued request left the queue without a grant; `message` says why and who holds."""
 
     key: WaitKey
+    wait_id: int
     message: str
 
 
@@ -110,8 +115,9 @@ def _check(resource: str, owner: str, **durations: tuple[int, int]) -> Refusal |
     return None
 
 
-def _queued(ahead: int) -> fsm_lock_pb2.LockAcquireOutcome:
-    return fsm_lock_pb2.LockAcquireOutcome(queued=fsm_lock_pb2.LockAcquireOutcome.Queued(ahead=ahead))
+def _queued(ahead: int, waiter: Waiter) -> fsm_lock_pb2.LockAcquireOutcome:
+    queued = fsm_lock_pb2.LockAcquireOutcome.Queued(ahead=ahead, wait_id=waiter.wait_id)
+    return fsm_lock_pb2.LockAcquireOutcome(queued=queued)
 
 
 def _granted(response: lock_pb2.AcquireResponse) -> fsm_lock_pb2.LockAcquireOutcome:
@@ -160,10 +166,10 @@ class LockMachine:
                 if holder is not None and holder.started and holder.expires_ms == due_ms:
                     self._drop_holder(resource, lock, owner, "its lease expired", ctx)
                 continue
-            found = lock.waiter(owner)
-            if found is not None and found[1].started and found[1].deadline_ms == due_ms:
+            waiter = lock.waiter(owner)
+            if waiter is not None and waiter.started and waiter.deadline_ms == due_ms:
                 message = f"timed out waiting for {resource!r}: it is still {lock.describe_holders(ctx.now_ms)}"
-                self._drop_waiter(resource, lock, found[0], message, ctx)
+                self._drop_waiter(resource, lock, waiter, message, ctx)
 
     def snapshot(self) -> bytes:
         return lock_state.encode(self._locks, self._last_token)
@@ -239,6 +245,12 @@ class LockMachine:
     def waits(self, resource: str, owner: str) -> bool:
         return resource in self._waiting.get(owner, ())
 
+    def wait_queued(self, resource: str, owner: str, wait_id: int) -> bool:
+        """Whether that very wait (not just some wait of the owner's) is still queued."""
+        lock = self._locks.get(resource)
+        waiter = lock.waiter(owner) if lock is not None else None
+        return waiter is not None and waiter.wait_id == wait_id
+
     # ------------------------------------------------------------------ commands
 
     def _acquire(self, req: fsm_lock_pb2.LockCommand.Acquire, ctx: ApplyContext) -> Result:
@@ -259,16 +271,17 @@ class LockMachine:
             self._renew(resource, holder, ttl_ms, now)
             return _granted(lock_views.grant(resource, lock.mode, holder, now))
 
-        found = lock.waiter(owner)
-        if found is not None:
-            return self._rejoin(resource, lock, found, mode, req.timeout_ms, now)
+        waiter = lock.waiter(owner)
+        if waiter is not None:
+            return self._rejoin(resource, lock, waiter, mode, req.timeout_ms, now)
 
         if holder is not None:  # a shared holder asks for exclusive
             upgrade = True
             ready = len(lock.holders) == 1
-            # Granting it at once adds edges (queued shared requests now wait for the
-            # owner's exclusive hold) but cannot close a cycle: each of those requests is
-            # queued behind an exclusive request, which already waits for the owner.
+            # Granting it at once changes no edge of the wait-for graph, so it cannot close
+            # a cycle: the queue's head, if any, is an exclusive request (a shared one would
+            # have been granted beside the shared holder) that already waits for the owner,
+            # and everyone behind it waits through it (see lock_graph).
         else:
             upgrade = False
             shared_ok = mode is Mode.SHARED and lock.mode is Mode.SHARED
@@ -284,13 +297,11 @@ class LockMachine:
             return _granted(self._grant(resource, lock, owner, mode, ttl_ms, now))
         if req.timeout_ms == 0:
             return self._busy(resource, lock, now, "")
-        return self._enqueue(resource, lock, Waiter(owner, mode, ttl_ms, req.timeout_ms, now + req.timeout_ms, upgrade))
+        waiter = Waiter(owner, mode, ttl_ms, req.timeout_ms, now + req.timeout_ms, ctx.index, upgrade)
+        return self._enqueue(resource, lock, waiter)
 
-    def _rejoin(
-        self, resource: str, lock: Lock, found: tuple[int, Waiter], mode: Mode, timeout_ms: int, now: int
-    ) -> Result:
+    def _rejoin(self, resource: str, lock: Lock, waiter: Waiter, mode: Mode, timeout_ms: int, now: int) -> Result:
         """Asked again while waiting: the same wait (a retry without a header, say), not a second place."""
-        position, waiter = found
         if waiter.mode is not mode:
             return Refusal(
                 Code.FAILED_PRECONDITION,
@@ -299,23 +310,23 @@ class LockMachine:
             )
         if timeout_ms == 0:
             return self._busy(resource, lock, now, f"; {waiter.owner}'s earlier request still waits")
-        return _queued(position)
+        return _queued(lock.position(waiter), waiter)
 
     def _enqueue(self, resource: str, lock: Lock, waiter: Waiter) -> Result:
         """Queue a request -- an upgrade first, anything else last -- unless it would deadlock."""
-        position = 0 if waiter.upgrade else len(lock.waiters)
-        blockers = lock.blockers(waiter.owner, waiter.mode, lock.waiters[:position])
-        cycle = find_cycle([Edge(waiter.owner, resource, b, holds) for b, holds in blockers], self._edges)
+        owner, mode = waiter.owner, waiter.mode
+        blockers = lock.blockers(owner, mode, 0 if waiter.upgrade else len(lock.waiters))
+        cycle = find_cycle([Edge(owner, resource, b, holds, mode) for b, holds in blockers], self._edges)
         if cycle is not None:
             return Refusal(
                 Code.ABORTED,
                 f"deadlock: {describe(cycle)}; this request was refused and nothing changed: "
                 "release a lock in the cycle, or acquire resources in one global order",
             )
-        lock.waiters.insert(position, waiter)
-        self._waiting.setdefault(waiter.owner, set()).add(resource)
-        self._starting.append((WAIT, resource, waiter.owner))
-        return _queued(position)
+        position = lock.enqueue(waiter)
+        self._waiting.setdefault(owner, set()).add(resource)
+        self._starting.append((WAIT, resource, owner))
+        return _queued(position, waiter)
 
     def _release(self, req: fsm_lock_pb2.LockCommand.Release, ctx: ApplyContext) -> Result:
         refusal = _check(req.resource, req.owner)
@@ -337,15 +348,7 @@ class LockMachine:
         if lock is None or holder is None:
             return self._not_held(req.resource, req.owner, lock, ctx.now_ms, "refresh")
         self._renew(req.resource, holder, req.ttl_ms or holder.ttl_ms, ctx.now_ms)
-        grant = lock_views.grant(req.resource, lock.mode, holder, ctx.now_ms)
-        return lock_pb2.RefreshResponse(
-            resource=grant.resource,
-            owner=grant.owner,
-            mode=grant.mode,
-            fencing_token=grant.fencing_token,
-            ttl_seconds=grant.ttl_seconds,
-            expires_in_seconds=grant.expires_in_seconds,
-        )
+        return lock_views.renewal(lock_views.grant(req.resource, lock.mode, holder, ctx.now_ms))
 
     def _withdraw(self, req: fsm_lock_pb2.LockCommand.Withdraw, ctx: ApplyContext) -> Result:
         refusal = _check(req.resource, req.owner)
@@ -354,18 +357,24 @@ class LockMachine:
             return refusal or mode
         if refusal is not None:
             return refusal
+        if req.wait_id == 0:
+            return Refusal(Code.INVALID_ARGUMENT, "wait_id: required: the wait_id of the Queued outcome to withdraw")
         lock = self._locks.get(req.resource)
-        found = lock.waiter(req.owner) if lock is not None else None
-        if lock is not None and found is not None:
+        waiter = lock.waiter(req.owner) if lock is not None else None
+        if lock is not None and waiter is not None and waiter.wait_id == req.wait_id:
             message = (
                 f"no grant of {req.resource!r} within the timeout (cluster time stalled: was no leader "
                 f"elected?); it is {lock.describe_holders(ctx.now_ms)}"
             )
-            self._drop_waiter(req.resource, lock, found[0], message, ctx)
+            self._drop_waiter(req.resource, lock, waiter, message, ctx)
             return Refusal(Code.ABORTED, message)
         grant = self.holding(req.resource, req.owner, mode, ctx.now_ms)
         if grant is None:
-            return Refusal(Code.ABORTED, f"{req.owner}'s wait for {req.resource!r} ended without a grant")
+            return Refusal(
+                Code.ABORTED,
+                f"{req.owner}'s wait for {req.resource!r} (wait {req.wait_id}) ended without a grant, and "
+                f"{req.owner} does not hold it {mode.adverb} now: acquire again with a new request",
+            )
         return _granted(grant)
 
     # ------------------------------------------------------------------ transitions
@@ -402,9 +411,8 @@ class LockMachine:
                     holder.expires_ms = now + holder.ttl_ms
                     self._timers.add(holder.expires_ms, LEASE, resource, owner)
                 continue
-            found = lock.waiter(owner)
-            if found is not None and not found[1].started:
-                waiter = found[1]
+            waiter = lock.waiter(owner)
+            if waiter is not None and not waiter.started:
                 waiter.started = True
                 waiter.deadline_ms = now + waiter.timeout_ms
                 self._timers.add(waiter.deadline_ms, WAIT, resource, owner)
@@ -413,14 +421,14 @@ class LockMachine:
         del lock.holders[owner]
         if lock.waiters and lock.waiters[0].upgrade and lock.waiters[0].owner == owner:
             message = f"{owner} no longer holds {resource!r} shared ({why}), so its upgrade to exclusive ended"
-            self._drop_waiter(resource, lock, 0, message, ctx)
+            self._drop_waiter(resource, lock, lock.waiters[0], message, ctx)
         else:
             self._settle(resource, lock, ctx)
 
-    def _drop_waiter(self, resource: str, lock: Lock, position: int, message: str, ctx: ApplyContext) -> None:
-        waiter = lock.waiters.pop(position)
+    def _drop_waiter(self, resource: str, lock: Lock, waiter: Waiter, message: str, ctx: ApplyContext) -> None:
+        lock.remove(waiter)
         self._unwait(waiter.owner, resource)
-        ctx.emit(LockWaitEnded(wait_key(resource, waiter.owner), message))
+        ctx.emit(LockWaitEnded(wait_key(resource, waiter.owner), waiter.wait_id, message))
         self._settle(resource, lock, ctx)
 
     def _settle(self, resource: str, lock: Lock, ctx: ApplyContext) -> None:
@@ -435,10 +443,10 @@ class LockMachine:
                 ready = not lock.holders or lock.mode is Mode.SHARED
             if not ready:
                 break
-            lock.waiters.pop(0)
+            lock.remove(first)
             self._unwait(first.owner, resource)
             response = self._grant(resource, lock, first.owner, first.mode, first.ttl_ms, ctx.now_ms)
-            ctx.emit(LockGranted(wait_key(resource, first.owner), response))
+            ctx.emit(LockGranted(wait_key(resource, first.owner), first.wait_id, response))
         if not lock.holders and not lock.waiters:
             del self._locks[resource]
             del self._names[bisect_left(self._names, resource)]
@@ -462,11 +470,10 @@ class LockMachine:
         edges: list[Edge] = []
         for resource in sorted(self._waiting.get(owner, ())):
             lock = self._locks[resource]
-            found = lock.waiter(owner)
-            assert found is not None, f"{owner} is indexed as waiting for {resource!r} but is not queued"
-            position, waiter = found
-            ahead = [] if waiter.upgrade else lock.waiters[:position]
-            edges += [Edge(owner, resource, b, holds) for b, holds in lock.blockers(owner, waiter.mode, ahead)]
+            waiter = lock.waiter(owner)
+            assert waiter is not None, f"{owner} is indexed as waiting for {resource!r} but is not queued"
+            blockers = lock.blockers(owner, waiter.mode, lock.position(waiter))
+            edges += [Edge(owner, resource, b, holds, waiter.mode) for b, holds in blockers]
         return edges
 
     def _live_timers(self) -> list[Timer]:

@@ -9,6 +9,7 @@ remembering and memory follows the locks in use, not every name ever locked.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -53,34 +54,93 @@ class Waiter:
     ttl_ms: int  # the lease it gets once granted
     timeout_ms: int
     deadline_ms: int  # provisional (now + timeout) until started
+    wait_id: int  # the log index of the entry that queued it: this wait's identity
     upgrade: bool = False  # a shared holder waiting for exclusive: always first in line
     started: bool = False
+
+    @property
+    def rank(self) -> int:
+        """Its place in the queue as a number: an upgrade (at most one per lock, see
+        LockMachine) comes first, everyone else in arrival order, which is log order."""
+        return 0 if self.upgrade else self.wait_id
+
+
+def _rank(waiter: Waiter) -> int:
+    return waiter.rank
 
 
 @dataclass(slots=True)
 class Lock:
     """Invariants, true after every command: holders all hold in `mode`; the queue's
-    first waiter cannot be granted yet (else it would have been); a resource with
-    neither holders nor waiters has no Lock."""
+    first waiter cannot be granted yet (else it would have been), so whenever anyone
+    waits, someone holds and conflicts with the first waiter; the queue is in `rank`
+    order; a resource with neither holders nor waiters has no Lock.
+
+    The queue is indexed (by owner, and its exclusive requests apart) so that finding a
+    request and the requests it waits for costs O(log n), not a scan: the deadlock search
+    asks that for every waiter it passes."""
 
     mode: Mode = Mode.EXCLUSIVE
     holders: dict[str, Holder] = field(default_factory=dict)  # by owner, in grant (token) order
-    waiters: list[Waiter] = field(default_factory=list)  # FIFO
+    waiters: list[Waiter] = field(default_factory=list)  # queue order; change it only through the methods
+    _by_owner: dict[str, Waiter] = field(default_factory=dict)
+    _exclusive: list[Waiter] = field(default_factory=list)  # the exclusive requests among `waiters`, in order
 
-    def waiter(self, owner: str) -> tuple[int, Waiter] | None:
-        """The owner's place in the queue and its request, if it waits."""
-        for position, waiter in enumerate(self.waiters):
-            if waiter.owner == owner:
-                return position, waiter
-        return None
+    def waiter(self, owner: str) -> Waiter | None:
+        """The owner's request, if it waits (an owner waits at most once per resource)."""
+        return self._by_owner.get(owner)
 
-    def blockers(self, owner: str, mode: Mode, ahead: list[Waiter]) -> list[tuple[str, bool]]:
-        """Who a request of `owner` for `mode`, queued behind `ahead`, waits for: the
-        conflicting holders, then the conflicting requests ahead of it (FIFO makes it
-        wait for those too).  Each as (owner, holds)."""
-        found = [(h.owner, True) for h in self.holders.values() if h.owner != owner and conflicts(self.mode, mode)]
-        found += [(w.owner, False) for w in ahead if w.owner != owner and conflicts(w.mode, mode)]
-        return found
+    def position(self, waiter: Waiter) -> int:
+        """How many requests are ahead of a queued one."""
+        return bisect_left(self.waiters, waiter.rank, key=_rank)
+
+    def enqueue(self, waiter: Waiter) -> int:
+        """Queue a request in its rank's place (an upgrade first, anything else last); its position."""
+        position = 0 if waiter.upgrade else len(self.waiters)
+        self.waiters.insert(position, waiter)
+        ranks = [w.rank for w in self.waiters[max(position - 1, 0) : position + 2]]
+        assert ranks == sorted(set(ranks)), f"wait ids out of queue order at {position}: {ranks}"
+        if waiter.mode is Mode.EXCLUSIVE:
+            self._exclusive.insert(0 if waiter.upgrade else len(self._exclusive), waiter)
+        self._by_owner[waiter.owner] = waiter
+        return position
+
+    def remove(self, waiter: Waiter) -> None:
+        del self.waiters[self.position(waiter)]
+        if waiter.mode is Mode.EXCLUSIVE:
+            del self._exclusive[bisect_left(self._exclusive, waiter.rank, key=_rank)]
+        del self._by_owner[waiter.owner]
+
+    def blockers(self, owner: str, mode: Mode, position: int) -> list[tuple[str, bool]]:
+        """Whom a request of `owner` for `mode` with `position` requests ahead of it waits
+        for *directly*, as (owner, holds).  FIFO makes it wait for every conflicting
+        request ahead and, through them, the holders; it is enough to name the nearest:
+        - an exclusive request: the group just ahead of it -- one exclusive request, or a
+          run of shared ones;
+        - a shared request: the nearest exclusive request ahead;
+        - a request with none of those ahead (the head group): the conflicting holders.
+        Each named request in turn waits for the group ahead of it, so whoever is waited
+        for at all is reached -- exactly the owners a full list would name, through at
+        most a few edges per request instead of one per request ahead."""
+        nearest = self._exclusive_before(position)
+        if mode is Mode.SHARED and nearest is not None:
+            return [(nearest.owner, False)]
+        if mode is Mode.EXCLUSIVE and position > 0:
+            run_start = 0 if nearest is None else self.position(nearest) + 1
+            if run_start == position:  # an exclusive request just ahead
+                return [(self.waiters[position - 1].owner, False)]
+            return [(w.owner, False) for w in self.waiters[run_start:position]]
+        if not conflicts(self.mode, mode):
+            return []
+        return [(h.owner, True) for h in self.holders.values() if h.owner != owner]
+
+    def _exclusive_before(self, position: int) -> Waiter | None:
+        """The last exclusive request among the first `position` of the queue."""
+        if position >= len(self.waiters):
+            count = len(self._exclusive)
+        else:
+            count = bisect_left(self._exclusive, self.waiters[position].rank, key=_rank)
+        return self._exclusive[count - 1] if count else None
 
     def describe_holders(self, now_ms: int) -> str:
         """'held exclusively by alice (token 3, lease ends in 2.5 s)', for refusals."""
@@ -112,6 +172,7 @@ def encode(locks: dict[str, Lock], last_token: int) -> bytes:
                 deadline_ms=w.deadline_ms,
                 upgrade=w.upgrade,
                 started=w.started,
+                wait_id=w.wait_id,
             )
     return snap.SerializeToString(deterministic=True)
 
@@ -125,11 +186,14 @@ def decode(data: bytes) -> tuple[dict[str, Lock], int]:
             lock = Lock(mode=Mode(entry.mode))
             for h in entry.holders:
                 lock.holders[h.owner] = Holder(h.owner, h.fencing_token, h.ttl_ms, h.expires_ms, h.started)
-            lock.waiters = [
-                Waiter(w.owner, Mode(w.mode), w.ttl_ms, w.timeout_ms, w.deadline_ms, w.upgrade, w.started)
-                for w in entry.waiters
-            ]
+            for w in entry.waiters:
+                waiter = Waiter(
+                    w.owner, Mode(w.mode), w.ttl_ms, w.timeout_ms, w.deadline_ms, w.wait_id, w.upgrade, w.started
+                )
+                if w.wait_id == 0 or (lock.waiters and lock.waiters[-1].rank >= waiter.rank):
+                    raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {w.wait_id}, out of order")
+                lock.enqueue(waiter)
             locks[entry.resource] = lock
-    except (DecodeError, ValueError) as exc:  # ValueError: a mode value no dsync writes
+    except (DecodeError, ValueError) as exc:  # ValueError: a mode or a queue no dsync writes
         raise ValueError(f"corrupt lock snapshot: {exc}") from exc
     return locks, snap.last_token

@@ -26,6 +26,18 @@ def grant(resource: str, mode: Mode, holder: Holder, now_ms: int) -> lock_pb2.Ac
     )
 
 
+def renewal(grant: lock_pb2.AcquireResponse) -> lock_pb2.RefreshResponse:
+    """A held lease as Refresh reports it: the same fields as the grant it renews."""
+    return lock_pb2.RefreshResponse(
+        resource=grant.resource,
+        owner=grant.owner,
+        mode=grant.mode,
+        fencing_token=grant.fencing_token,
+        ttl_seconds=grant.ttl_seconds,
+        expires_in_seconds=grant.expires_in_seconds,
+    )
+
+
 def info(resource: str, lock: Lock | None, now_ms: int) -> lock_pb2.LockInfo:
     """A free resource (no Lock) shows no mode, holders or waiters."""
     view = lock_pb2.LockInfo(resource=resource)

@@ -12,9 +12,11 @@ from typing import TypeVar
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.protobuf.message import Message as ProtoMessage
 
+from dsync.fsm.v1 import lock_pb2 as fsm_lock_pb2
 from dsync.v1 import common_pb2, lock_pb2, lock_pb2_grpc
-from server.api import lock_service
+from server.api import commands, lock_service
 from server.api.lock_service import add_lock_service
 from server.fsm.lock import LockMachine
 from server.fsm.lock_state import Mode
@@ -24,6 +26,7 @@ from tests.replica.cluster import eventually
 EXCLUSIVE, SHARED = lock_pb2.LOCK_MODE_EXCLUSIVE, lock_pb2.LOCK_MODE_SHARED
 LOCAL = common_pb2.CONSISTENCY_LOCAL
 T = TypeVar("T")
+Response = TypeVar("Response", bound=ProtoMessage)
 
 
 def stub(cluster: ServiceCluster, nid: str) -> lock_pb2_grpc.LockServiceAsyncStub:
@@ -159,6 +162,78 @@ async def test_a_deadlock_fails_at_once_naming_the_cycle(cluster: ServiceCluster
     assert (error.details() or "").startswith(cycle)
     await stub(cluster, leader).Release(lock_pb2.ReleaseRequest(resource="r1", owner="alice"))
     assert (await asyncio.wait_for(bob, 5)).owner == "bob"
+
+
+def hold_acquire(monkeypatch: pytest.MonkeyPatch, owner: str, timeout_ms: int) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold back one Acquire's proposal -- as a slow commit would -- until the second
+    event is set; the first is set once it is held, by when the RPC has registered for
+    its wait's events (it always does so before proposing)."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def execute(
+        replica: commands.Proposer,
+        service: str,
+        command: ProtoMessage,
+        header: common_pb2.RequestHeader,
+        expect: type[Response],
+    ) -> Response:
+        if isinstance(command, fsm_lock_pb2.LockCommand) and command.acquire.owner == owner:
+            if command.acquire.timeout_ms == timeout_ms:
+                held.set()
+                await release.wait()
+        return await commands.execute(replica, service, command, header, expect)
+
+    monkeypatch.setattr(lock_service, "execute", execute)
+    return held, release
+
+
+async def test_an_earlier_wait_timing_out_does_not_answer_a_later_request_of_the_same_owner(
+    cluster: ServiceCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob's first wait times out while his second request is in flight: that ABORTED is
+    the first request's answer.  The second queues, and is granted later."""
+    leader, (follower, _) = await roles(cluster)
+    held, commit = hold_acquire(monkeypatch, "bob", 10_000)
+    alice = await stub(cluster, leader).Acquire(acquire("r", "alice", ttl=60))
+    first = asyncio.ensure_future(stub(cluster, follower).Acquire(acquire("r", "bob", timeout=0.3)))
+    await waiting(cluster, follower, "r", "bob")
+    second = asyncio.ensure_future(stub(cluster, follower).Acquire(acquire("r", "bob", timeout=10)))
+    await asyncio.wait_for(held.wait(), 5)
+    assert "timed out" in ((await rpc_error(first)).details() or "")
+    commit.set()
+    await waiting(cluster, follower, "r", "bob")  # the second request's own wait
+    await stub(cluster, leader).Release(lock_pb2.ReleaseRequest(resource="r", owner="alice"))
+    granted = await asyncio.wait_for(second, 5)
+    assert granted.owner == "bob" and granted.fencing_token > alice.fencing_token
+    check = lock_pb2.ValidateRequest(resource="r", owner="bob", fencing_token=granted.fencing_token)
+    assert (await stub(cluster, leader).Validate(check)).valid
+
+
+async def test_an_earlier_waits_grant_does_not_answer_a_later_request_of_the_same_owner(
+    cluster: ServiceCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob's first wait is granted, and that grant over, while his second request is in
+    flight; by then carol holds the lock.  The second request must wait for carol, not
+    come back with the first request's token."""
+    leader, (follower, _) = await roles(cluster)
+    held, commit = hold_acquire(monkeypatch, "bob", 10_000)
+    s = stub(cluster, leader)
+    await s.Acquire(acquire("r", "alice", ttl=60))
+    first = asyncio.ensure_future(stub(cluster, follower).Acquire(acquire("r", "bob", timeout=5)))
+    await waiting(cluster, follower, "r", "bob")
+    second = asyncio.ensure_future(stub(cluster, follower).Acquire(acquire("r", "bob", timeout=10)))
+    await asyncio.wait_for(held.wait(), 5)
+    await s.Release(lock_pb2.ReleaseRequest(resource="r", owner="alice"))
+    await asyncio.wait_for(first, 5)
+    await s.Release(lock_pb2.ReleaseRequest(resource="r", owner="bob"))
+    carol = await s.Acquire(acquire("r", "carol", ttl=60))
+    commit.set()
+    await waiting(cluster, follower, "r", "bob")  # queued behind carol
+    await s.Release(lock_pb2.ReleaseRequest(resource="r", owner="carol"))
+    granted = await asyncio.wait_for(second, 5)
+    assert granted.fencing_token > carol.fencing_token
+    check = lock_pb2.ValidateRequest(resource="r", owner="bob", fencing_token=granted.fencing_token)
+    assert (await s.Validate(check)).valid
 
 
 async def test_when_cluster_time_stalls_the_servicer_withdraws_the_wait(
@@ -361,3 +436,39 @@ async def test_a_retry_answered_from_the_session_never_hands_out_a_grant_whose_l
     error = await rpc_error(stub(cluster, followers[0]).Acquire(acquire("stale", "alice", ttl=0.2, header=header)))
     assert error.code() == grpc.StatusCode.ABORTED and "already ended" in (error.details() or "")
     assert locks_of(cluster, leader).holding("stale", "bob", Mode.EXCLUSIVE, 0) is not None
+
+
+async def test_a_retried_acquire_whose_wait_ended_is_answered_from_the_machine(cluster: ServiceCluster) -> None:
+    """The session remembers "queued"; the wait it names is over by the retry, so its
+    event is gone: the answer is the grant while it stands, and ABORTED after."""
+    leader, (follower, _) = await roles(cluster)
+    await stub(cluster, leader).Acquire(acquire("r", "alice"))
+    request = acquire("r", "bob", timeout=10, header=common_pb2.RequestHeader(client_id="bob-client", sequence=1))
+    first = asyncio.ensure_future(stub(cluster, follower).Acquire(request))
+    await waiting(cluster, follower, "r", "bob")
+    await stub(cluster, leader).Release(lock_pb2.ReleaseRequest(resource="r", owner="alice"))
+    granted = await asyncio.wait_for(first, 5)
+    again = await stub(cluster, follower).Acquire(request)
+    assert (again.owner, again.mode, again.fencing_token) == ("bob", EXCLUSIVE, granted.fencing_token)
+    await stub(cluster, leader).Release(lock_pb2.ReleaseRequest(resource="r", owner="bob"))
+    error = await rpc_error(stub(cluster, follower).Acquire(request))
+    assert error.code() == grpc.StatusCode.ABORTED and "already ended" in (error.details() or "")
+
+
+async def test_a_retried_refresh_never_reports_a_renewal_of_a_lease_that_ended_since(cluster: ServiceCluster) -> None:
+    """The first Refresh renewed the lease but its answer was lost; by the retry the lease
+    has run out and another owner holds the lock.  The remembered "renewed" must not come back."""
+    leader, followers = await roles(cluster)
+    granted = await stub(cluster, leader).Acquire(acquire("stale", "alice", ttl=0.2))
+    header = common_pb2.RequestHeader(client_id="a-client", sequence=1)
+    request = lock_pb2.RefreshRequest(resource="stale", owner="alice", header=header)
+    first = await stub(cluster, leader).Refresh(request)
+    assert first.fencing_token == granted.fencing_token
+    machine = locks_of(cluster, leader)
+    await eventually(lambda: machine.holding("stale", "alice", Mode.EXCLUSIVE, 0) is None, "alice's lease to end")
+    bob = await stub(cluster, leader).Acquire(acquire("stale", "bob"))
+    error = await rpc_error(stub(cluster, followers[0]).Refresh(request))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"(token {granted.fencing_token}) has ended since" in (error.details() or "")
+    check = lock_pb2.ValidateRequest(resource="stale", owner="bob", fencing_token=bob.fencing_token)
+    assert (await stub(cluster, leader).Validate(check)).valid

@@ -4,10 +4,12 @@ handled by repeatedly taking the earliest due lease or wait.  Leases and waits s
 counting at the first tick after the operation that began them.  The property tests drive
 it and `LockMachine` with the same operations and require the same answers.
 
+A wait's id is the log index of the operation that queued it.
+
 Outcomes are normalised tuples:
-    ("granted", owner, token, mode) | ("queued", ahead) | ("refused", code, is_deadlock)
+    ("granted", owner, token, mode) | ("queued", ahead, wait_id) | ("refused", code, is_deadlock)
     ("released", token) | ("refreshed", token, ttl_ms)
-Events: ("granted", resource, owner, token) | ("ended", resource, owner)
+Events: ("granted", resource, owner, token, wait_id) | ("ended", resource, owner, wait_id)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MWaiter:
     timeout: int
     deadline: int
     upgrade: bool
+    wait_id: int
     started: bool = False
 
 
@@ -68,7 +71,7 @@ class Model:
 
     # ---------------------------------------------------------------- operations
 
-    def acquire(self, r: str, o: str, mode: Mode, timeout: int, ttl: int) -> Outcome:
+    def acquire(self, r: str, o: str, mode: Mode, timeout: int, ttl: int, index: int) -> Outcome:
         ttl = ttl or DEFAULT_TTL_MS
         lk = self.locks.get(r)
         if lk is None:
@@ -81,7 +84,7 @@ class Model:
         if pos is not None:
             if lk.queue[pos].mode is not mode:
                 return ("refused", Code.FAILED_PRECONDITION, False)
-            return ("refused", Code.ABORTED, False) if timeout == 0 else ("queued", pos)
+            return ("refused", Code.ABORTED, False) if timeout == 0 else ("queued", pos, lk.queue[pos].wait_id)
         if h is not None:  # upgrade
             if len(lk.holders) == 1:
                 return self._grant(r, lk, o, X, ttl)
@@ -98,8 +101,8 @@ class Model:
         if any(self.reaches(b, o) for b in blockers):
             return ("refused", Code.ABORTED, True)
         upgrade = h is not None
-        lk.queue.insert(place, MWaiter(o, X if upgrade else mode, ttl, timeout, self.now + timeout, upgrade))
-        return ("queued", place)
+        lk.queue.insert(place, MWaiter(o, X if upgrade else mode, ttl, timeout, self.now + timeout, upgrade, index))
+        return ("queued", place, index)
 
     def release(self, r: str, o: str) -> Outcome:
         lk = self.locks.get(r)
@@ -118,12 +121,14 @@ class Model:
         h.expires, h.started = self.now + h.ttl, False
         return ("refreshed", h.token, h.ttl)
 
-    def withdraw(self, r: str, o: str, mode: Mode) -> Outcome:
+    def withdraw(self, r: str, o: str, mode: Mode, wait_id: int) -> Outcome:
+        if wait_id == 0:
+            return ("refused", Code.INVALID_ARGUMENT, False)
         lk = self.locks.get(r)
         if lk is None:
             return ("refused", Code.ABORTED, False)
         pos = lk.waiter(o)
-        if pos is not None:
+        if pos is not None and lk.queue[pos].wait_id == wait_id:
             self._drop_waiter(r, lk, pos)
             return ("refused", Code.ABORTED, False)
         h = lk.holder(o)
@@ -174,7 +179,7 @@ class Model:
 
     def _drop_waiter(self, r: str, lk: MLock, pos: int) -> None:
         w = lk.queue.pop(pos)
-        self.events.append(("ended", r, w.owner))
+        self.events.append(("ended", r, w.owner, w.wait_id))
         self._promote(r, lk)
 
     def _promote(self, r: str, lk: MLock) -> None:
@@ -190,7 +195,7 @@ class Model:
                 break
             lk.queue.pop(0)
             granted = self._grant(r, lk, w.owner, w.mode, w.ttl)
-            self.events.append(("granted", r, w.owner, granted[2]))
+            self.events.append(("granted", r, w.owner, granted[2], w.wait_id))
         if not lk.holders and not lk.queue:
             del self.locks[r]
 

@@ -41,9 +41,12 @@ class Commands:
         self.rng = rng
         self.monotonic_ms = 0
         self.sequence = 0
+        self.made = 0  # commands made so far: the test applies the n-th at log index n
+        self.acquired_at: dict[tuple[str, str], list[int]] = {}  # (resource, owner) -> indexes of its Acquires
 
     def next(self) -> bytes:
         rng = self.rng
+        self.made += 1
         kind = rng.random()
         if kind < 0.2:
             self.monotonic_ms += rng.choice((1, 50, 100, 300, 1000))
@@ -67,12 +70,15 @@ class Commands:
         if op == "acquire":
             c.acquire.resource, c.acquire.owner, c.acquire.mode = resource, owner, rng.choice(MODES)
             c.acquire.timeout_ms, c.acquire.ttl_ms = rng.choice((0, 100, 400)), rng.choice((0, 150, 500))
+            self.acquired_at.setdefault((resource, owner), []).append(self.made)
         elif op == "release":
             c.release.resource, c.release.owner = resource, owner
         elif op == "refresh":
             c.refresh.resource, c.refresh.owner, c.refresh.ttl_ms = resource, owner, rng.choice((0, 300))
         else:
             c.withdraw.resource, c.withdraw.owner, c.withdraw.mode = resource, owner, rng.choice(MODES)
+            # A wait's id is the index of the Acquire that queued it; now and then a wrong one.
+            c.withdraw.wait_id = rng.choice(self.acquired_at.get((resource, owner), []) + [self.made])
         return c
 
     def _queue(self) -> queue_pb2.QueueCommand:

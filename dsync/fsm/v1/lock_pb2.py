@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dsync.v1 import lock_pb2 as dsync_dot_v1_dot_lock__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64sync/fsm/v1/lock.proto\x12\x0c\x64sync.fsm.v1\x1a\x13\x64sync/v1/lock.proto\"\x96\x04\n\x0bLockCommand\x12\x34\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.AcquireH\x00\x12\x34\n\x07release\x18\x02 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.ReleaseH\x00\x12\x34\n\x07refresh\x18\x03 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.RefreshH\x00\x12\x36\n\x08withdraw\x18\x04 \x01(\x0b\x32\".dsync.fsm.v1.LockCommand.WithdrawH\x00\x1ap\n\x07\x41\x63quire\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x04\x1a*\n\x07Release\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x1a:\n\x07Refresh\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x1aM\n\x08Withdraw\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.dsync.v1.LockModeB\x04\n\x02op\"\xa1\x01\n\x12LockAcquireOutcome\x12,\n\x07granted\x18\x01 \x01(\x0b\x32\x19.dsync.v1.AcquireResponseH\x00\x12\x39\n\x06queued\x18\x02 \x01(\x0b\x32\'.dsync.fsm.v1.LockAcquireOutcome.QueuedH\x00\x1a\x17\n\x06Queued\x12\r\n\x05\x61head\x18\x01 \x01(\rB\t\n\x07outcome\"\xf3\x03\n\x0cLockSnapshot\x12\x12\n\nlast_token\x18\x01 \x01(\x04\x12.\n\x05locks\x18\x02 \x03(\x0b\x32\x1f.dsync.fsm.v1.LockSnapshot.Lock\x1a\x63\n\x06Holder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x12\x12\n\nexpires_ms\x18\x04 \x01(\x03\x12\x0f\n\x07started\x18\x05 \x01(\x08\x1a\x94\x01\n\x06Waiter\x12\r\n\x05owner\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0f\n\x07upgrade\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x04\x12\x0f\n\x07started\x18\x07 \x01(\x08\x1a\xa2\x01\n\x04Lock\x12\x10\n\x08resource\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x32\n\x07holders\x18\x03 \x03(\x0b\x32!.dsync.fsm.v1.LockSnapshot.Holder\x12\x32\n\x07waiters\x18\x04 \x03(\x0b\x32!.dsync.fsm.v1.LockSnapshot.Waiterb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64sync/fsm/v1/lock.proto\x12\x0c\x64sync.fsm.v1\x1a\x13\x64sync/v1/lock.proto\"\xa7\x04\n\x0bLockCommand\x12\x34\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.AcquireH\x00\x12\x34\n\x07release\x18\x02 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.ReleaseH\x00\x12\x34\n\x07refresh\x18\x03 \x01(\x0b\x32!.dsync.fsm.v1.LockCommand.RefreshH\x00\x12\x36\n\x08withdraw\x18\x04 \x01(\x0b\x32\".dsync.fsm.v1.LockCommand.WithdrawH\x00\x1ap\n\x07\x41\x63quire\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x04\x1a*\n\x07Release\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x1a:\n\x07Refresh\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x1a^\n\x08Withdraw\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x0f\n\x07wait_id\x18\x04 \x01(\x04\x42\x04\n\x02op\"\xb2\x01\n\x12LockAcquireOutcome\x12,\n\x07granted\x18\x01 \x01(\x0b\x32\x19.dsync.v1.AcquireResponseH\x00\x12\x39\n\x06queued\x18\x02 \x01(\x0b\x32\'.dsync.fsm.v1.LockAcquireOutcome.QueuedH\x00\x1a(\n\x06Queued\x12\r\n\x05\x61head\x18\x01 \x01(\r\x12\x0f\n\x07wait_id\x18\x02 \x01(\x04\x42\t\n\x07outcome\"\x84\x04\n\x0cLockSnapshot\x12\x12\n\nlast_token\x18\x01 \x01(\x04\x12.\n\x05locks\x18\x02 \x03(\x0b\x32\x1f.dsync.fsm.v1.LockSnapshot.Lock\x1a\x63\n\x06Holder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x12\x12\n\nexpires_ms\x18\x04 \x01(\x03\x12\x0f\n\x07started\x18\x05 \x01(\x08\x1a\xa5\x01\n\x06Waiter\x12\r\n\x05owner\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0f\n\x07upgrade\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\x04\x12\x0f\n\x07started\x18\x07 \x01(\x08\x12\x0f\n\x07wait_id\x18\x08 \x01(\x04\x1a\xa2\x01\n\x04Lock\x12\x10\n\x08resource\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.dsync.v1.LockMode\x12\x32\n\x07holders\x18\x03 \x03(\x0b\x32!.dsync.fsm.v1.LockSnapshot.Holder\x12\x32\n\x07waiters\x18\x04 \x03(\x0b\x32!.dsync.fsm.v1.LockSnapshot.Waiterb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dsync.fsm.v1.lock_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOCKCOMMAND']._serialized_start=63
-  _globals['_LOCKCOMMAND']._serialized_end=597
+  _globals['_LOCKCOMMAND']._serialized_end=614
   _globals['_LOCKCOMMAND_ACQUIRE']._serialized_start=296
   _globals['_LOCKCOMMAND_ACQUIRE']._serialized_end=408
   _globals['_LOCKCOMMAND_RELEASE']._serialized_start=410
@@ -41,17 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOCKCOMMAND_REFRESH']._serialized_start=454
   _globals['_LOCKCOMMAND_REFRESH']._serialized_end=512
   _globals['_LOCKCOMMAND_WITHDRAW']._serialized_start=514
-  _globals['_LOCKCOMMAND_WITHDRAW']._serialized_end=591
-  _globals['_LOCKACQUIREOUTCOME']._serialized_start=600
-  _globals['_LOCKACQUIREOUTCOME']._serialized_end=761
-  _globals['_LOCKACQUIREOUTCOME_QUEUED']._serialized_start=727
-  _globals['_LOCKACQUIREOUTCOME_QUEUED']._serialized_end=750
-  _globals['_LOCKSNAPSHOT']._serialized_start=764
-  _globals['_LOCKSNAPSHOT']._serialized_end=1263
-  _globals['_LOCKSNAPSHOT_HOLDER']._serialized_start=848
-  _globals['_LOCKSNAPSHOT_HOLDER']._serialized_end=947
-  _globals['_LOCKSNAPSHOT_WAITER']._serialized_start=950
-  _globals['_LOCKSNAPSHOT_WAITER']._serialized_end=1098
-  _globals['_LOCKSNAPSHOT_LOCK']._serialized_start=1101
-  _globals['_LOCKSNAPSHOT_LOCK']._serialized_end=1263
+  _globals['_LOCKCOMMAND_WITHDRAW']._serialized_end=608
+  _globals['_LOCKACQUIREOUTCOME']._serialized_start=617
+  _globals['_LOCKACQUIREOUTCOME']._serialized_end=795
+  _globals['_LOCKACQUIREOUTCOME_QUEUED']._serialized_start=744
+  _globals['_LOCKACQUIREOUTCOME_QUEUED']._serialized_end=784
+  _globals['_LOCKSNAPSHOT']._serialized_start=798
+  _globals['_LOCKSNAPSHOT']._serialized_end=1314
+  _globals['_LOCKSNAPSHOT_HOLDER']._serialized_start=882
+  _globals['_LOCKSNAPSHOT_HOLDER']._serialized_end=981
+  _globals['_LOCKSNAPSHOT_WAITER']._serialized_start=984
+  _globals['_LOCKSNAPSHOT_WAITER']._serialized_end=1149
+  _globals['_LOCKSNAPSHOT_LOCK']._serialized_start=1152
+  _globals['_LOCKSNAPSHOT_LOCK']._serialized_end=1314
 # @@protoc_insertion_point(module_scope)

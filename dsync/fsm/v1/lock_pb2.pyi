@@ -119,7 +119,8 @@ class LockCommand(_message.Message):
         """End a wait whose caller stopped waiting for the state machine's answer (the
         servicer's safety net when cluster time stalls): answered with a LockAcquireOutcome
         carrying the grant if the owner holds the lock in `mode` by now, otherwise refused
-        with ABORTED -- after which the wait can no longer be granted.
+        with ABORTED -- after which the wait can no longer be granted.  Only the wait named
+        by `wait_id` ends: a later request of the same owner keeps its own place.
         """
 
         DESCRIPTOR: _descriptor.Descriptor
@@ -127,19 +128,23 @@ class LockCommand(_message.Message):
         RESOURCE_FIELD_NUMBER: _builtins.int
         OWNER_FIELD_NUMBER: _builtins.int
         MODE_FIELD_NUMBER: _builtins.int
+        WAIT_ID_FIELD_NUMBER: _builtins.int
         resource: _builtins.str
         owner: _builtins.str
         mode: _lock_pb2.LockMode.ValueType
+        wait_id: _builtins.int
+        """Required: the Queued outcome's wait_id."""
         def __init__(
             self,
             *,
             resource: _builtins.str = ...,
             owner: _builtins.str = ...,
             mode: _lock_pb2.LockMode.ValueType = ...,
+            wait_id: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "owner", b"owner", "resource", b"resource"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "owner", b"owner", "resource", b"resource", "wait_id", b"wait_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -186,16 +191,24 @@ class LockAcquireOutcome(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         AHEAD_FIELD_NUMBER: _builtins.int
+        WAIT_ID_FIELD_NUMBER: _builtins.int
         ahead: _builtins.int
         """Requests ahead of it in the queue."""
+        wait_id: _builtins.int
+        """The wait's identity: the log index of the entry that queued it (an Acquire that
+        joins the owner's existing wait gets that wait's id).  The grant or end of the
+        wait is announced under it; other waits of the same owner for the same resource,
+        earlier or later, have other ids.
+        """
         def __init__(
             self,
             *,
             ahead: _builtins.int = ...,
+            wait_id: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["ahead", b"ahead"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["ahead", b"ahead", "wait_id", b"wait_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +286,7 @@ class LockSnapshot(_message.Message):
         UPGRADE_FIELD_NUMBER: _builtins.int
         TIMEOUT_MS_FIELD_NUMBER: _builtins.int
         STARTED_FIELD_NUMBER: _builtins.int
+        WAIT_ID_FIELD_NUMBER: _builtins.int
         owner: _builtins.str
         mode: _lock_pb2.LockMode.ValueType
         ttl_ms: _builtins.int
@@ -283,6 +297,10 @@ class LockSnapshot(_message.Message):
         timeout_ms: _builtins.int
         started: _builtins.bool
         """False: queued since the last clock entry; the timeout starts at the next one."""
+        wait_id: _builtins.int
+        """The log index of the entry that queued it (LockAcquireOutcome.Queued.wait_id).
+        Behind an upgrade (always first), the queue is in wait_id order.
+        """
         def __init__(
             self,
             *,
@@ -293,10 +311,11 @@ class LockSnapshot(_message.Message):
             upgrade: _builtins.bool = ...,
             timeout_ms: _builtins.int = ...,
             started: _builtins.bool = ...,
+            wait_id: _builtins.int = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "mode", b"mode", "owner", b"owner", "started", b"started", "timeout_ms", b"timeout_ms", "ttl_ms", b"ttl_ms", "upgrade", b"upgrade"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "mode", b"mode", "owner", b"owner", "started", b"started", "timeout_ms", b"timeout_ms", "ttl_ms", b"ttl_ms", "upgrade", b"upgrade", "wait_id", b"wait_id"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
