@@ -25,7 +25,7 @@ from .endpoints import parse_endpoints
 from .lock_ops import Grant, LockInfo, Mode
 from .ops import ConsistencyName
 from .retry import RetryPolicy
-from .session import Session
+from .session import SessionPool
 from .values import JSON
 
 
@@ -43,14 +43,14 @@ class AsyncClient:
         policy = retry or RetryPolicy()
         if timeout is not None:
             policy = replace(policy, timeout=timeout)
-        self._transport = AsyncTransport(parse_endpoints(endpoints), policy, Session(client_id))
+        self._transport = AsyncTransport(parse_endpoints(endpoints), policy, SessionPool(client_id))
         self.locks = AsyncLocks(self._transport)
         self.cache = AsyncCache(self._transport)
         self.cluster = AsyncCluster(self._transport)
 
     @property
     def client_id(self) -> str:
-        return self._transport.session.client_id
+        return self._transport.sessions.client_id
 
     def lock(
         self,
@@ -88,13 +88,13 @@ class AsyncLocks:
     async def acquire(
         self, resource: str, owner: str, *, mode: Mode = "exclusive", timeout: float = 0.0, ttl: float = 0.0
     ) -> Grant:
-        return await self._t.run(lock_ops.acquire(self._t.session.header(), resource, owner, mode, timeout, ttl))
+        return await self._t.run(lock_ops.acquire(resource, owner, mode, timeout, ttl))
 
     async def release(self, resource: str, owner: str) -> int:
-        return await self._t.run(lock_ops.release(self._t.session.header(), resource, owner))
+        return await self._t.run(lock_ops.release(resource, owner))
 
     async def refresh(self, resource: str, owner: str, *, ttl: float = 0.0) -> Grant:
-        return await self._t.run(lock_ops.refresh(self._t.session.header(), resource, owner, ttl))
+        return await self._t.run(lock_ops.refresh(resource, owner, ttl))
 
     async def validate(
         self, resource: str, owner: str, token: int, *, consistency: ConsistencyName = "linearizable"
@@ -124,13 +124,13 @@ class AsyncCache:
         return await self._t.run(cache_ops.get(key, consistency))
 
     async def put(self, key: str, value: JSON, *, ttl: float = 0.0) -> int:
-        return await self._t.run(cache_ops.put(self._t.session.header(), key, value, ttl))
+        return await self._t.run(cache_ops.put(key, value, ttl))
 
     async def invalidate(self, key: str) -> Invalidated:
-        return await self._t.run(cache_ops.invalidate(self._t.session.header(), key))
+        return await self._t.run(cache_ops.invalidate(key))
 
     async def compare_and_set(self, key: str, value: JSON, *, expected_version: int, ttl: float = 0.0) -> int:
-        op = cache_ops.compare_and_set(self._t.session.header(), key, expected_version, value, ttl)
+        op = cache_ops.compare_and_set(key, expected_version, value, ttl)
         return await self._t.run(op)
 
 

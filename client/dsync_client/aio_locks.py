@@ -1,5 +1,6 @@
 """`async with client.lock(...) as held:` -- the asyncio twin of locks.py: the lease is
-refreshed by a task instead of a thread, and `held.lost` is an asyncio.Event."""
+confirmed before the block and refreshed during it the same way, by a task instead of a
+thread, and `held.lost` is an asyncio.Event."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from . import lock_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, LockLost, NotHeld
 from .lock_ops import Grant, Mode
-from .locks import block_owner, lease_start
+from .locks import answered_in_time, block_owner, lost_before_start
+from .retry import check_seconds
 
 log = logging.getLogger("dsync_client")
 
@@ -49,11 +51,10 @@ class AsyncLockContext:
     def __init__(
         self, transport: AsyncTransport, resource: str, owner: str | None, mode: Mode, timeout: float, ttl: float
     ) -> None:
-        if ttl <= 0:
-            raise ValueError(f"ttl must be positive seconds (the lease), got {ttl!r}")
+        check_seconds("ttl (the lease)", ttl)
         self._t = transport
         self._resource = resource
-        self._owner = owner or block_owner(transport.session.client_id)
+        self._owner = owner or block_owner(transport.sessions.client_id)
         self._mode = mode
         self._timeout = timeout
         self._ttl = ttl
@@ -63,13 +64,33 @@ class AsyncLockContext:
     async def __aenter__(self) -> AsyncHeldLock:
         if self._held is not None:
             raise RuntimeError("a lock context holds once: call client.lock(...) again for another hold")
-        sent = time.monotonic()
-        header = self._t.session.header()
-        op = lock_ops.acquire(header, self._resource, self._owner, self._mode, self._timeout, self._ttl)
+        sent = time.monotonic()  # before the first attempt: whichever attempt was granted, it was after this
+        op = lock_ops.acquire(self._resource, self._owner, self._mode, self._timeout, self._ttl)
         held = self._held = AsyncHeldLock(await self._t.run(op))
-        started = lease_start(sent, self._timeout)
+        try:
+            started = sent if answered_in_time(sent, self._ttl) else await self._confirm(held)
+        except DsyncError:
+            # Free it for others if it is still held, trying no longer than its lease lasts.
+            release = lock_ops.release(self._resource, self._owner)
+            with contextlib.suppress(DsyncError):
+                await self._t.run(release, timeout=min(self._ttl, self._t.policy.timeout))
+            raise
         self._refresher = asyncio.create_task(self._refresh(held, started), name=f"dsync-lock-{self._resource}")
         return held
+
+    async def _confirm(self, held: AsyncHeldLock) -> float:
+        """Refresh a lease granted too long ago to trust (see LockContext._confirm)."""
+        sent = time.monotonic()
+        op = lock_ops.refresh(self._resource, self._owner, self._ttl)
+        try:
+            held.grant = await self._t.run(op, timeout=self._ttl)
+        except NotHeld as lost:
+            held.lost.set()
+            raise lost_before_start(self._resource, held.token, lost.message) from lost
+        if time.monotonic() - sent >= self._ttl:
+            held.lost.set()
+            raise lost_before_start(self._resource, held.token, f"confirming it took over its {self._ttl:g}s ttl")
+        return sent
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -79,7 +100,7 @@ class AsyncLockContext:
         with contextlib.suppress(asyncio.CancelledError):
             await self._refresher
         try:
-            await self._t.run(lock_ops.release(self._t.session.header(), self._resource, self._owner))
+            await self._t.run(lock_ops.release(self._resource, self._owner))
         except NotHeld as lost:
             self._held.lost.set()
             message = (
@@ -103,7 +124,7 @@ class AsyncLockContext:
             try:
                 if remaining <= 0:
                     raise DsyncError(f"no refresh got through within the {self._ttl}s lease")
-                op = lock_ops.refresh(self._t.session.header(), self._resource, self._owner, self._ttl)
+                op = lock_ops.refresh(self._resource, self._owner, self._ttl)
                 held.grant = await self._t.run(op, timeout=remaining)
             except DsyncError as error:
                 log.warning("lost the lock on %r (token %d): %s", self._resource, held.token, error)

@@ -1,10 +1,12 @@
 """Producing to and consuming from a topic, asyncio flavour (see queues.py for the rules).
 
     async for msg in client.queue("jobs").consume(consumer="worker-1"):
-        await handle(msg.body)
+        async with msg:           # the block ends: acked.  It raises: nacked, and the error propagates
+            await handle(msg.body)
 
-An async generator left by `break` or an exception is closed -- and its message nacked --
-when it is garbage-collected; wrap it in `contextlib.aclosing(...)` to settle at once.
+An async generator left by `break` or an exception is closed -- and its unsettled
+messages nacked -- when it is garbage-collected; wrap it in `contextlib.aclosing(...)`
+to settle at once.
 """
 
 from __future__ import annotations
@@ -13,26 +15,46 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable
+from types import TracebackType
 
 from . import queue_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, FailedPrecondition, NotFound
 from .ops import ConsistencyName
 from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
+from .queues import UNSETTLED
 from .values import Body
 
 log = logging.getLogger("dsync_client")
 
 
 class AsyncMessage:
-    """One delivery being handled; `settled` once acked or nacked."""
+    """One delivery being handled; `settled` once acked or nacked.
 
-    def __init__(self, queue: AsyncQueue, delivery: Delivery) -> None:
+    `async with msg:` acks it when the block finishes and nacks it with `backoff` s when
+    the block raises (see queues.Message).
+    """
+
+    def __init__(self, queue: AsyncQueue, delivery: Delivery, backoff: float) -> None:
         self.delivery = delivery
+        self.backoff = backoff
         self.settled = False
         self.dead_lettered = False
         self._queue = queue
         self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AsyncMessage:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.settled:
+            return
+        if exc is None:
+            await _ack_after_handling(self)
+        else:
+            await _hand_back(self, self.backoff)
 
     @property
     def id(self) -> str:
@@ -112,19 +134,30 @@ class AsyncQueue:
         """Append one message: `body` is JSON or bytes (raw).  With an `id`, publishing the
         same id again adds nothing (`duplicate` in the answer)."""
         message = Outgoing(body, id, delay, max_deliveries)
-        return await self._t.run(queue_ops.publish(self._t.session.header(), self.topic, message))
+        return await self._t.run(queue_ops.publish(self.topic, message))
 
     async def publish_batch(self, messages: Iterable[Body | Outgoing]) -> list[Published]:
         """Append up to 1,000 messages atomically (all or none), in order."""
         batch = [as_outgoing(m) for m in messages]
-        return await self._t.run(queue_ops.publish_batch(self._t.session.header(), self.topic, batch))
+        return await self._t.run(queue_ops.publish_batch(self.topic, batch))
 
     async def receive(
-        self, consumer: str, *, max_messages: int = 1, visibility_timeout: float = 30.0, wait: float = 0.0
+        self,
+        consumer: str,
+        *,
+        max_messages: int = 1,
+        visibility_timeout: float = 30.0,
+        wait: float = 0.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
     ) -> list[AsyncMessage]:
-        """Take up to `max_messages` ready messages, waiting up to `wait` s (at most 20)."""
-        op = queue_ops.consume(self._t.session.header(), self.topic, consumer, max_messages, visibility_timeout, wait)
-        return [AsyncMessage(self, d) for d in await self._t.run(op)]
+        """Take up to `max_messages` ready messages, waiting up to `wait` s (at most 20)
+        (see queues.Queue.receive)."""
+        op = queue_ops.consume(self.topic, consumer, max_messages, visibility_timeout, wait)
+        return [
+            AsyncMessage(self, d, nack_delay(d.delivery_count, retry_delay, max_retry_delay))
+            for d in await self._t.run(op)
+        ]
 
     async def consume(
         self,
@@ -136,15 +169,20 @@ class AsyncQueue:
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
     ) -> AsyncGenerator[AsyncMessage, None]:
-        """Messages forever, acked when the loop body finishes, nacked with backoff when it
-        is left (see queues.Queue.consume)."""
+        """Messages forever, each to settle with `async with msg:`; one left unsettled is
+        nacked with backoff, never acked (see queues.Queue.consume)."""
         keeper = AsyncVisibilityKeeper(visibility_timeout)
         handling: AsyncMessage | None = None
         pending: list[AsyncMessage] = []
         try:
             while True:
                 pending = await self.receive(
-                    consumer, max_messages=prefetch, visibility_timeout=visibility_timeout, wait=wait
+                    consumer,
+                    max_messages=prefetch,
+                    visibility_timeout=visibility_timeout,
+                    wait=wait,
+                    retry_delay=retry_delay,
+                    max_retry_delay=max_retry_delay,
                 )
                 for message in pending:  # prefetched ones wait their turn without timing out
                     keeper.hold(message)
@@ -154,20 +192,23 @@ class AsyncQueue:
                     keeper.drop(handling)
                     handled, handling = handling, None
                     if not handled.settled:
-                        await _ack_after_handling(handled)
+                        log.warning(UNSETTLED, handled.id, handled.backoff)
+                        await _hand_back(handled, handled.backoff)
         finally:
             await keeper.stop()
-            backoff = 0.0 if handling is None else nack_delay(handling.delivery_count, retry_delay, max_retry_delay)
-            await _hand_back(handling, pending, backoff)
+            if handling is not None:
+                await _hand_back(handling, handling.backoff)
+            for message in pending:  # never handed out: ready again at once
+                await _hand_back(message, 0.0)
 
     async def ack(self, id: str, *, receipt: str = "") -> None:
-        await self._t.run(queue_ops.ack(self._t.session.header(), self.topic, id, receipt))
+        await self._t.run(queue_ops.ack(self.topic, id, receipt))
 
     async def nack(self, id: str, *, receipt: str = "", delay: float = 0.0) -> bool:
-        return await self._t.run(queue_ops.nack(self._t.session.header(), self.topic, id, receipt, delay))
+        return await self._t.run(queue_ops.nack(self.topic, id, receipt, delay))
 
     async def extend(self, id: str, visibility_timeout: float, *, receipt: str = "") -> None:
-        await self._t.run(queue_ops.extend(self._t.session.header(), self.topic, id, receipt, visibility_timeout))
+        await self._t.run(queue_ops.extend(self.topic, id, receipt, visibility_timeout))
 
     async def stats(self, *, consistency: ConsistencyName = "linearizable") -> QueueStats:
         return await self._t.run(queue_ops.stats(self.topic, consistency))
@@ -180,12 +221,10 @@ async def _ack_after_handling(message: AsyncMessage) -> None:
         log.warning("handled message %r could not be acked: %s", message.id, gone)
 
 
-async def _hand_back(handling: AsyncMessage | None, prefetched: list[AsyncMessage], backoff: float) -> None:
-    returns: list[tuple[AsyncMessage | None, float]] = [(handling, backoff), *((m, 0.0) for m in prefetched)]
-    for message, delay in returns:
-        if message is None or message.settled:
-            continue
-        try:
-            await message.nack(delay)
-        except DsyncError as error:  # it comes back when its visibility timeout passes
-            log.warning("could not hand message %r back: %s", message.id, error)
+async def _hand_back(message: AsyncMessage, delay: float) -> None:
+    if message.settled:
+        return
+    try:
+        await message.nack(delay)
+    except DsyncError as error:  # it comes back when its visibility timeout passes
+        log.warning("could not hand message %r back: %s", message.id, error)

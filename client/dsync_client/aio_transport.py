@@ -13,21 +13,28 @@ from .endpoints import Endpoints
 from .errors import DsyncError, from_rpc_error
 from .ops import Op, Out, Resp
 from .retry import Attempts, RetryPolicy
-from .session import Session
+from .session import SessionPool
 from .transport import CHANNEL_OPTIONS, LEADER_QUERY_S, serialize
 
 
 class AsyncTransport:
-    def __init__(self, endpoints: Sequence[str], policy: RetryPolicy, session: Session) -> None:
+    def __init__(self, endpoints: Sequence[str], policy: RetryPolicy, sessions: SessionPool) -> None:
         self.endpoints = Endpoints(endpoints)
         self.policy = policy
-        self.session = session
+        self.sessions = sessions
         # Created on first use, inside the event loop that will drive them.
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closed = False
 
     async def run(self, op: Op[Resp, Out], timeout: float | None = None) -> Out:
-        """Call with failover and retries; `timeout` overrides the policy's for this call."""
+        """Call with failover and retries; `timeout` overrides the policy's for this call.
+        A write keeps one session of the pool, and so one header, until it ends."""
+        if not op.write:
+            return await self._retry(op, timeout)
+        with self.sessions.header() as header:
+            return await self._retry(op.stamped(header), timeout)
+
+    async def _retry(self, op: Op[Resp, Out], timeout: float | None) -> Out:
         policy = self.policy if timeout is None else replace(self.policy, timeout=timeout)
         attempts = Attempts(policy, wait=op.wait, write=op.write)
         while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsync.v1 import cache_pb2, common_pb2
+from dsync.v1 import cache_pb2
 
 from .errors import VersionMismatch
 from .ops import ConsistencyName, Op, consistency, method
@@ -37,8 +37,8 @@ class Invalidated:
     index: int
 
 
-def put(header: common_pb2.RequestHeader, key: str, value: JSON, ttl: float) -> Op[cache_pb2.PutResponse, int]:
-    request = cache_pb2.PutRequest(header=header, key=key, value=to_value(value), ttl=ttl)
+def put(key: str, value: JSON, ttl: float) -> Op[cache_pb2.PutResponse, int]:
+    request = cache_pb2.PutRequest(key=key, value=to_value(value), ttl=ttl)
     return Op(PUT, request, lambda r: r.version)
 
 
@@ -48,15 +48,13 @@ def get(key: str, read: ConsistencyName) -> Op[cache_pb2.GetResponse, Entry | No
     return Op(GET, request, lambda r: Entry(key, from_value(r.value), r.version, r.read_index) if r.found else None)
 
 
-def invalidate(header: common_pb2.RequestHeader, key: str) -> Op[cache_pb2.InvalidateResponse, Invalidated]:
-    request = cache_pb2.InvalidateRequest(header=header, key=key)
+def invalidate(key: str) -> Op[cache_pb2.InvalidateResponse, Invalidated]:
+    request = cache_pb2.InvalidateRequest(key=key)
     return Op(INVALIDATE, request, lambda r: Invalidated(r.existed, r.version, r.index))
 
 
 def compare_and_set(
-    header: common_pb2.RequestHeader, key: str, expected_version: int, value: JSON, ttl: float
+    key: str, expected_version: int, value: JSON, ttl: float
 ) -> Op[cache_pb2.CompareAndSetResponse, int]:
-    request = cache_pb2.CompareAndSetRequest(
-        header=header, key=key, expected_version=expected_version, value=to_value(value), ttl=ttl
-    )
+    request = cache_pb2.CompareAndSetRequest(key=key, expected_version=expected_version, value=to_value(value), ttl=ttl)
     return Op(COMPARE_AND_SET, request, lambda r: r.version, refine=VersionMismatch)

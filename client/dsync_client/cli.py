@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from .cli_output import Exit, Output, error_document, exit_code, hint, render
 from .client import Client
 from .endpoints import ENV_VAR, parse_endpoints
 from .errors import DsyncError
+from .retry import check_seconds
 
 Command = Callable[[Client, argparse.Namespace], Output]
 
@@ -39,6 +41,15 @@ def default_owner() -> str:
     """Who a lock belongs to when --owner is not given: the same in every shell of one
     user on one host, so `lock acquire` and a later `lock release` match."""
     return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def finite(text: str) -> float:
+    """A number of seconds for the server to judge, but never NaN or infinite: no
+    deadline can be computed from those, so the call would never end."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text}")
+    return value
 
 
 def _global_options(suppress: bool) -> argparse.ArgumentParser:
@@ -116,8 +127,8 @@ def _lock_commands(leaves: Leaves, group: Group) -> None:
     sub.add_argument("resource")
     sub.add_argument("--owner", default=default_owner(), help="who holds it (default: USER@HOST)")
     sub.add_argument("--mode", choices=["exclusive", "shared"], default="exclusive")
-    sub.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a busy lock (default 0)")
-    sub.add_argument("--ttl", type=float, default=30.0, help="lease in seconds (default 30)")
+    sub.add_argument("--wait", type=finite, default=0.0, help="seconds to wait for a busy lock (default 0)")
+    sub.add_argument("--ttl", type=finite, default=30.0, help="lease in seconds (default 30)")
     sub = leaves.add(group, "release", commands.lock_release, "give a lock up")
     sub.add_argument("resource")
     sub.add_argument("--owner", default=default_owner(), help="who holds it (default: USER@HOST)")
@@ -135,14 +146,14 @@ def _queue_commands(leaves: Leaves, group: Group) -> None:
     sub.add_argument("body", nargs="*", help="JSON bodies (default: one per line of standard input)")
     sub.add_argument("--raw", action="store_true", help="bodies are bytes, not JSON")
     sub.add_argument("--id", default="", help="idempotency id (one message only)")
-    sub.add_argument("--delay", type=float, default=0.0, help="seconds before the message is ready")
+    sub.add_argument("--delay", type=finite, default=0.0, help="seconds before the message is ready")
     sub.add_argument("--max-deliveries", type=int, default=0, help="deliveries before dead-lettering (default 5)")
     sub = leaves.add(group, "consume", commands.queue_consume, "take messages (exit 3 if none was ready)")
     sub.add_argument("topic")
     sub.add_argument("--consumer", default="dsync-cli", help="consumer name shown in stats (default dsync-cli)")
     sub.add_argument("--max", type=int, default=1, help="at most this many messages (default 1)")
-    sub.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a message (at most 20)")
-    sub.add_argument("--visibility-timeout", type=float, default=30.0, help="seconds in flight (default 30)")
+    sub.add_argument("--wait", type=finite, default=0.0, help="seconds to wait for a message (at most 20)")
+    sub.add_argument("--visibility-timeout", type=finite, default=30.0, help="seconds in flight (default 30)")
     sub.add_argument("--ack", action="store_true", help="ack what was taken (else ack it later with `queue ack`)")
     sub = leaves.add(group, "ack", commands.queue_ack, "remove a delivered message")
     sub.add_argument("topic")
@@ -161,7 +172,7 @@ def _cache_commands(leaves: Leaves, group: Group) -> None:
     sub.add_argument("key")
     sub.add_argument("value", help="a JSON value, e.g. 42 or '{\"a\": 1}'")
     sub.add_argument("--string", action="store_true", help="store VALUE as a string, not JSON")
-    sub.add_argument("--ttl", type=float, default=0.0, help="seconds until it expires (default: never)")
+    sub.add_argument("--ttl", type=finite, default=0.0, help="seconds until it expires (default: never)")
     sub = leaves.add(group, "invalidate", commands.cache_invalidate, "remove a key")
     sub.add_argument("key")
 
@@ -170,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         endpoints = parse_endpoints(args.endpoints)
+        check_seconds("--timeout", args.timeout)
     except ValueError as exc:
         print(f"dsync: {exc}", file=sys.stderr)
         return Exit.USAGE

@@ -7,8 +7,9 @@
         client.queue("jobs").publish({"n": 1})
 
 Every call finds the leader, fails over and retries on UNAVAILABLE within the client's
-timeout, and every write carries this client's id and a fresh sequence number, so a
-retried write takes effect once.  Safe to share between threads.
+timeout, and every write carries a session id and a fresh sequence number for all its
+attempts, so a retried write takes effect once.  Safe to share between threads: writes
+in flight together use sessions of their own (session.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .locks import LockContext
 from .ops import ConsistencyName
 from .queues import Queue
 from .retry import RetryPolicy
-from .session import Session
+from .session import SessionPool
 from .transport import Transport
 from .values import JSON
 
@@ -38,7 +39,8 @@ class Client:
     $DSYNC_ENDPOINTS, else the local cluster's 127.0.0.1:50051-50053).  `timeout`: seconds
     a call may take, retries included, beyond any wait it asks the server for (default:
     `retry.timeout`, 10).  `retry` tunes the backoff; `client_id` names this client in the
-    server's sessions and is random by default (two clients must never share one).
+    server's sessions (at most 120 bytes; writes in flight together use `<client_id>#<n>`
+    too) and is random by default (two clients must never share one).
     """
 
     def __init__(
@@ -52,14 +54,14 @@ class Client:
         policy = retry or RetryPolicy()
         if timeout is not None:
             policy = replace(policy, timeout=timeout)
-        self._transport = Transport(parse_endpoints(endpoints), policy, Session(client_id))
+        self._transport = Transport(parse_endpoints(endpoints), policy, SessionPool(client_id))
         self.locks = Locks(self._transport)
         self.cache = Cache(self._transport)
         self.cluster = Cluster(self._transport)
 
     @property
     def client_id(self) -> str:
-        return self._transport.session.client_id
+        return self._transport.sessions.client_id
 
     def lock(
         self,
@@ -107,16 +109,16 @@ class Locks:
     ) -> Grant:
         """Take `resource` for `owner`, waiting up to `timeout` s; the lease lasts `ttl` s
         (0: the server's 30) unless refreshed or released."""
-        return self._t.run(lock_ops.acquire(self._t.session.header(), resource, owner, mode, timeout, ttl))
+        return self._t.run(lock_ops.acquire(resource, owner, mode, timeout, ttl))
 
     def release(self, resource: str, owner: str) -> int:
         """Give the lock up; returns the fencing token of the grant that ended.  NotHeld
         if `owner` does not hold it."""
-        return self._t.run(lock_ops.release(self._t.session.header(), resource, owner))
+        return self._t.run(lock_ops.release(resource, owner))
 
     def refresh(self, resource: str, owner: str, *, ttl: float = 0.0) -> Grant:
         """Renew the lease for `ttl` s from now (0: its current ttl).  NotHeld if lost."""
-        return self._t.run(lock_ops.refresh(self._t.session.header(), resource, owner, ttl))
+        return self._t.run(lock_ops.refresh(resource, owner, ttl))
 
     def validate(self, resource: str, owner: str, token: int, *, consistency: ConsistencyName = "linearizable") -> bool:
         """Whether `owner` still holds `resource` under exactly this fencing token."""
@@ -150,16 +152,16 @@ class Cache:
 
     def put(self, key: str, value: JSON, *, ttl: float = 0.0) -> int:
         """Store `value` (expiring after `ttl` s of cluster time; 0: never); returns its version."""
-        return self._t.run(cache_ops.put(self._t.session.header(), key, value, ttl))
+        return self._t.run(cache_ops.put(key, value, ttl))
 
     def invalidate(self, key: str) -> Invalidated:
         """Remove the key, present or not."""
-        return self._t.run(cache_ops.invalidate(self._t.session.header(), key))
+        return self._t.run(cache_ops.invalidate(key))
 
     def compare_and_set(self, key: str, value: JSON, *, expected_version: int, ttl: float = 0.0) -> int:
         """Store `value` only if the key is at `expected_version` (0: absent); returns the
         new version.  VersionMismatch otherwise (its message names the current version)."""
-        return self._t.run(cache_ops.compare_and_set(self._t.session.header(), key, expected_version, value, ttl))
+        return self._t.run(cache_ops.compare_and_set(key, expected_version, value, ttl))
 
 
 class Cluster:

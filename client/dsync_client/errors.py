@@ -12,10 +12,11 @@ check.  `code` keeps the gRPC status for callers that need it.
     ├── NotFound             no such message (or key, or thing)
     ├── FailedPrecondition   the state does not allow it now
     │   ├── NotHeld          release/refresh of a lock the owner does not hold
-    │   │   └── LockLost     a `with client.lock(...)` block lost its lease before the end
+    │   │   └── LockLost     a `with client.lock(...)` block lost its lease before the end (or the start)
     │   └── VersionMismatch  compare_and_set found another version
-    └── LockConflict         ABORTED: the lock stayed busy for the whole timeout
-        └── Deadlock         waiting would close a cycle of waiters: nothing changed
+    ├── LockConflict         ABORTED: the lock stayed busy for the whole timeout
+    │   └── Deadlock         waiting would close a cycle of waiters: nothing changed
+    └── OutcomeUnknown       a retried write's result is forgotten: it may or may not have happened
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ class NotHeld(FailedPrecondition):
 
 
 class LockLost(NotHeld):
-    """A `with client.lock(...)` block ended after its lease was lost.
+    """A `with client.lock(...)` block ended after its lease was lost, or never started
+    because its lease may have ended before the grant's answer arrived.
 
-    Whatever the block did after the loss may have overlapped with another holder:
+    Whatever a block did after the loss may have overlapped with another holder:
     protected services should have checked the fencing token.
     """
 
@@ -90,6 +92,20 @@ class Deadlock(LockConflict):
 
     Release a lock in the cycle, or acquire resources in one global order.
     """
+
+
+class OutcomeUnknown(DsyncError):
+    """A retried write's session forgot its result: the write may or may not have taken
+    effect.  Read the state it would have changed before writing again (another call is
+    a new write).  The client gives each write in flight a session of its own, so this
+    means the session was lost (idle for an hour) or another process uses this client id.
+    """
+
+
+# How a node words a retry whose session dropped its result (server/fsm/router.py): a
+# FAILED_PRECONDITION that, unlike every other, says nothing about the resource named.
+_FORGOTTEN_PREFIX = "header.sequence "
+_FORGOTTEN_PHRASE = "no longer keeps"
 
 
 _BY_CODE: dict[grpc.StatusCode, type[DsyncError]] = {
@@ -114,8 +130,15 @@ def from_status(
 ) -> DsyncError:
     """The exception for a gRPC status: the generic class for `code`, or `refine` when the
     operation knows better (a FAILED_PRECONDITION from Release means NotHeld) and
-    `refine` is a kind of that class."""
+    `refine` is a kind of that class.  A session that forgot a write's result says
+    nothing about the state the write names, so that is OutcomeUnknown whatever `refine`."""
     kind = _BY_CODE.get(code, DsyncError)
+    if kind is FailedPrecondition and details.startswith(_FORGOTTEN_PREFIX) and _FORGOTTEN_PHRASE in details:
+        message = (
+            f"the write may or may not have taken effect: {details}; read what it would have changed "
+            "before writing again"
+        )
+        return OutcomeUnknown(message, code=code, endpoint=endpoint)
     if kind is LockConflict and details.startswith("deadlock"):
         kind = Deadlock
     if refine is not None and issubclass(refine, kind):

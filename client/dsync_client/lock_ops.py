@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dsync.v1 import common_pb2, lock_pb2
+from dsync.v1 import lock_pb2
 
 from .errors import NotHeld
 from .ops import ConsistencyName, Op, consistency, method
@@ -86,24 +86,18 @@ def _info(lock: lock_pb2.LockInfo) -> LockInfo:
     )
 
 
-def acquire(
-    header: common_pb2.RequestHeader, resource: str, owner: str, mode: Mode, timeout: float, ttl: float
-) -> Op[lock_pb2.AcquireResponse, Grant]:
-    request = lock_pb2.AcquireRequest(
-        header=header, resource=resource, owner=owner, mode=mode_value(mode), timeout=timeout, ttl=ttl
-    )
+def acquire(resource: str, owner: str, mode: Mode, timeout: float, ttl: float) -> Op[lock_pb2.AcquireResponse, Grant]:
+    request = lock_pb2.AcquireRequest(resource=resource, owner=owner, mode=mode_value(mode), timeout=timeout, ttl=ttl)
     return Op(ACQUIRE, request, _grant, wait=timeout)
 
 
-def release(header: common_pb2.RequestHeader, resource: str, owner: str) -> Op[lock_pb2.ReleaseResponse, int]:
-    request = lock_pb2.ReleaseRequest(header=header, resource=resource, owner=owner)
+def release(resource: str, owner: str) -> Op[lock_pb2.ReleaseResponse, int]:
+    request = lock_pb2.ReleaseRequest(resource=resource, owner=owner)
     return Op(RELEASE, request, lambda r: r.fencing_token, refine=NotHeld)
 
 
-def refresh(
-    header: common_pb2.RequestHeader, resource: str, owner: str, ttl: float
-) -> Op[lock_pb2.RefreshResponse, Grant]:
-    request = lock_pb2.RefreshRequest(header=header, resource=resource, owner=owner, ttl=ttl)
+def refresh(resource: str, owner: str, ttl: float) -> Op[lock_pb2.RefreshResponse, Grant]:
+    request = lock_pb2.RefreshRequest(resource=resource, owner=owner, ttl=ttl)
     return Op(REFRESH, request, _grant, refine=NotHeld)
 
 

@@ -1,15 +1,21 @@
 """`with client.lock(...) as held:` -- a lock held for a block, its lease kept alive.
 
 The lease is what makes a lock safe against a holder that dies: it ends `ttl` seconds
-after the last refresh.  While the block runs, a background thread refreshes it every
-ttl/3; if a refresh fails for good (the cluster says it is not held, or no refresh got
-through before the lease would have ended) `held.lost` is set and the block should stop
-acting on the protected resource.  The fencing token `held.token` lets the resource
-itself refuse a holder that did not notice in time.
+after the grant or the last refresh.  The block starts only on a lease that is known to
+have most of its ttl left: the grant may have come long before its answer (a wait for a
+busy lock, an answer lost with a node and asked for again), so an answer later than a
+third of the ttl after the first attempt was sent is confirmed by a refresh first, and
+a lease that turns out to have ended raises LockLost instead of running the block.
+While the block runs, a background thread refreshes the lease every ttl/3; if a refresh
+fails for good (the cluster says it is not held, or no refresh got through before the
+lease would have ended) `held.lost` is set and the block should stop acting on the
+protected resource.  The fencing token `held.token` lets the resource itself refuse a
+holder that did not notice in time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -19,22 +25,26 @@ from types import TracebackType
 from . import lock_ops
 from .errors import DsyncError, LockLost, NotHeld
 from .lock_ops import Grant, Mode
+from .retry import check_seconds
 from .transport import Transport
 
 log = logging.getLogger("dsync_client")
 _blocks = itertools.count(1)
 
 
-def lease_start(sent: float, timeout: float) -> float:
-    """When a granted lease began, by the local clock, for judging when it would end.
+def answered_in_time(sent: float, ttl: float) -> bool:
+    """Whether an Acquire whose first attempt was sent at `sent` was answered within the
+    refresh period, ttl/3.  Its grant came after `sent`, so the lease then has over two
+    thirds of its ttl left; a later answer may carry a grant whose lease is mostly gone,
+    or over, and is confirmed by a refresh before the block starts."""
+    return time.monotonic() - sent < ttl / 3
 
-    A lease counts from its grant.  A request that could not wait was granted at once,
-    after `sent`, so `sent` is a safe (early) estimate.  One that could wait may have been
-    granted at any point of its wait: the answer's arrival is the estimate then, late by
-    one network delay -- counting from `sent` would take a lease granted after a wait
-    longer than its ttl for lost at once.
-    """
-    return sent if timeout == 0 else time.monotonic()
+
+def lost_before_start(resource: str, token: int, why: str) -> LockLost:
+    return LockLost(
+        f"the lease on {resource!r} (token {token}) may have ended before the block could start ({why}); "
+        "the block did not run: take the lock again"
+    )
 
 
 def block_owner(client_id: str) -> str:
@@ -73,11 +83,10 @@ class LockContext:
     def __init__(
         self, transport: Transport, resource: str, owner: str | None, mode: Mode, timeout: float, ttl: float
     ) -> None:
-        if ttl <= 0:
-            raise ValueError(f"ttl must be positive seconds (the lease), got {ttl!r}")
+        check_seconds("ttl (the lease)", ttl)
         self._t = transport
         self._resource = resource
-        self._owner = owner or block_owner(transport.session.client_id)
+        self._owner = owner or block_owner(transport.sessions.client_id)
         self._mode = mode
         self._timeout = timeout
         self._ttl = ttl
@@ -88,16 +97,36 @@ class LockContext:
     def __enter__(self) -> HeldLock:
         if self._held is not None:
             raise RuntimeError("a lock context holds once: call client.lock(...) again for another hold")
-        sent = time.monotonic()
-        header = self._t.session.header()
-        op = lock_ops.acquire(header, self._resource, self._owner, self._mode, self._timeout, self._ttl)
+        sent = time.monotonic()  # before the first attempt: whichever attempt was granted, it was after this
+        op = lock_ops.acquire(self._resource, self._owner, self._mode, self._timeout, self._ttl)
         held = self._held = HeldLock(self._t.run(op))
-        started = lease_start(sent, self._timeout)
+        try:
+            started = sent if answered_in_time(sent, self._ttl) else self._confirm(held)
+        except DsyncError:
+            # Free it for others if it is still held, trying no longer than its lease lasts.
+            release = lock_ops.release(self._resource, self._owner)
+            with contextlib.suppress(DsyncError):
+                self._t.run(release, timeout=min(self._ttl, self._t.policy.timeout))
+            raise
         self._refresher = threading.Thread(
             target=self._refresh, args=(held, started), name=f"dsync-lock-{self._resource}", daemon=True
         )
         self._refresher.start()
         return held
+
+    def _confirm(self, held: HeldLock) -> float:
+        """Refresh a lease granted too long ago to trust; returns when the lease now
+        counts from.  LockLost if it ended, or if confirming took the whole ttl."""
+        sent = time.monotonic()
+        try:
+            held.grant = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl)
+        except NotHeld as lost:
+            held.lost.set()
+            raise lost_before_start(self._resource, held.token, lost.message) from lost
+        if time.monotonic() - sent >= self._ttl:
+            held.lost.set()
+            raise lost_before_start(self._resource, held.token, f"confirming it took over its {self._ttl:g}s ttl")
+        return sent
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -106,7 +135,7 @@ class LockContext:
         self._stop.set()
         self._refresher.join()
         try:
-            self._t.run(lock_ops.release(self._t.session.header(), self._resource, self._owner))
+            self._t.run(lock_ops.release(self._resource, self._owner))
         except NotHeld as lost:
             self._held.lost.set()
             message = (
@@ -129,7 +158,7 @@ class LockContext:
             try:
                 if remaining <= 0:
                     raise DsyncError(f"no refresh got through within the {self._ttl}s lease")
-                op = lock_ops.refresh(self._t.session.header(), self._resource, self._owner, self._ttl)
+                op = lock_ops.refresh(self._resource, self._owner, self._ttl)
                 held.grant = self._t.run(op, timeout=remaining)
             except DsyncError as error:
                 log.warning("lost the lock on %r (token %d): %s", self._resource, held.token, error)

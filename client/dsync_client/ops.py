@@ -2,6 +2,8 @@
 
 The sync and asyncio transports run the same operations, so requests are built and
 answers converted once, here and in the *_ops modules, and each flavour only adds I/O.
+A write is built without its request header: the transport stamps one (`Op.stamped`)
+from a session it holds for the call's whole life.
 Methods are called by path through the channel (`channel.unary_unary`), which both
 flavours share; the path and response type are checked against the generated
 descriptors when the module is imported.
@@ -10,7 +12,7 @@ descriptors when the module is imported.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Literal, TypeVar
 
 from google.protobuf.descriptor import FileDescriptor
@@ -54,6 +56,14 @@ class Op(Generic[Resp, Out]):
     def write(self) -> bool:
         """Writes are the calls that carry a request header (and so take effect once)."""
         return "header" in self.request.DESCRIPTOR.fields_by_name
+
+    def stamped(self, header: common_pb2.RequestHeader) -> Op[Resp, Out]:
+        """This write with `header`, which every attempt then carries.  The transport
+        stamps it, as the header belongs to the call's session, not to the operation."""
+        request = type(self.request)()
+        request.CopyFrom(self.request)
+        getattr(request, "header").CopyFrom(header)  # every write request names it `header`
+        return replace(self, request=request)
 
 
 ConsistencyName = Literal["linearizable", "local"]

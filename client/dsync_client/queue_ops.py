@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dsync.v1 import common_pb2, queue_pb2
+from dsync.v1 import queue_pb2
 
 from .ops import ConsistencyName, Op, consistency, method
 from .values import Body, from_value, to_value
@@ -74,13 +74,9 @@ def _published(results: Sequence[queue_pb2.PublishResponse]) -> list[Published]:
     return [Published(r.id, r.duplicate) for r in results]
 
 
-def publish(
-    header: common_pb2.RequestHeader, topic: str, message: Outgoing
-) -> Op[queue_pb2.PublishResponse, Published]:
+def publish(topic: str, message: Outgoing) -> Op[queue_pb2.PublishResponse, Published]:
     entry = _entry(message)
-    request = queue_pb2.PublishRequest(
-        header=header, topic=topic, id=entry.id, delay=entry.delay, max_deliveries=entry.max_deliveries
-    )
+    request = queue_pb2.PublishRequest(topic=topic, id=entry.id, delay=entry.delay, max_deliveries=entry.max_deliveries)
     if entry.HasField("raw"):
         request.raw = entry.raw
     else:
@@ -88,11 +84,9 @@ def publish(
     return Op(PUBLISH, request, lambda r: Published(r.id, r.duplicate))
 
 
-def publish_batch(
-    header: common_pb2.RequestHeader, topic: str, messages: Sequence[Outgoing]
-) -> Op[queue_pb2.PublishBatchResponse, list[Published]]:
+def publish_batch(topic: str, messages: Sequence[Outgoing]) -> Op[queue_pb2.PublishBatchResponse, list[Published]]:
     """All of `messages` in one log entry: all are published or none."""
-    request = queue_pb2.PublishBatchRequest(header=header, topic=topic, messages=[_entry(m) for m in messages])
+    request = queue_pb2.PublishBatchRequest(topic=topic, messages=[_entry(m) for m in messages])
     return Op(PUBLISH_BATCH, request, lambda r: _published(r.results))
 
 
@@ -102,7 +96,6 @@ def _delivery(topic: str, d: queue_pb2.Delivery) -> Delivery:
 
 
 def consume(
-    header: common_pb2.RequestHeader,
     topic: str,
     consumer: str,
     max_messages: int,
@@ -110,7 +103,6 @@ def consume(
     wait: float,
 ) -> Op[queue_pb2.ConsumeResponse, list[Delivery]]:
     request = queue_pb2.ConsumeRequest(
-        header=header,
         topic=topic,
         consumer=consumer,
         max_messages=max_messages,
@@ -120,24 +112,22 @@ def consume(
     return Op(CONSUME, request, lambda r: [_delivery(topic, d) for d in r.messages], wait=wait)
 
 
-def ack(header: common_pb2.RequestHeader, topic: str, id: str, receipt: str) -> Op[queue_pb2.AckResponse, None]:
-    request = queue_pb2.AckRequest(header=header, topic=topic, id=id, receipt=receipt)
+def ack(topic: str, id: str, receipt: str) -> Op[queue_pb2.AckResponse, None]:
+    request = queue_pb2.AckRequest(topic=topic, id=id, receipt=receipt)
     return Op(ACK, request, lambda r: None)
 
 
-def nack(
-    header: common_pb2.RequestHeader, topic: str, id: str, receipt: str, delay: float
-) -> Op[queue_pb2.NackResponse, bool]:
+def nack(topic: str, id: str, receipt: str, delay: float) -> Op[queue_pb2.NackResponse, bool]:
     """True when the message's deliveries were used up and it moved to `<topic>.dlq`."""
-    request = queue_pb2.NackRequest(header=header, topic=topic, id=id, receipt=receipt, delay=delay)
+    request = queue_pb2.NackRequest(topic=topic, id=id, receipt=receipt, delay=delay)
     return Op(NACK, request, lambda r: r.dead_lettered)
 
 
 def extend(
-    header: common_pb2.RequestHeader, topic: str, id: str, receipt: str, visibility_timeout: float
+    topic: str, id: str, receipt: str, visibility_timeout: float
 ) -> Op[queue_pb2.ExtendVisibilityResponse, None]:
     request = queue_pb2.ExtendVisibilityRequest(
-        header=header, topic=topic, id=id, receipt=receipt, visibility_timeout=visibility_timeout
+        topic=topic, id=id, receipt=receipt, visibility_timeout=visibility_timeout
     )
     return Op(EXTEND, request, lambda r: None)
 

@@ -3,15 +3,20 @@
     queue = client.queue("jobs")
     queue.publish({"n": 1})
     for msg in queue.consume(consumer="worker-1"):
-        handle(msg.body)          # returns: acked.  raises: nacked, then the error propagates
+        with msg:                 # the block ends: acked.  It raises: nacked, and the error propagates
+            handle(msg.body)
 
-The consume loop settles each message by how its loop body ends: when the body finishes
-and the loop asks for the next message, the message is acked; when the loop is left
-(an exception, `break`, or the generator being closed) the unsettled message is nacked
-with a delay that doubles with each delivery, so a failing message backs off and finally
-moves to `<topic>.dlq` after its max deliveries.  Call `msg.ack()` before `break` to keep a
-handled message from coming back.  While a body runs, a background thread extends the
-message's visibility every third of its visibility timeout, so a slow handler keeps it.
+A message is settled by how its handler really ended, which only the handler's own block
+can tell: `with msg:` acks when the block finishes and nacks when it raises, with a delay
+that doubles with each delivery, so a failing message backs off and finally moves to
+`<topic>.dlq` after its max deliveries.  `msg.ack()` and `msg.nack()` settle it by hand.
+The loop itself never acks: a caller may catch a handler's exception outside the loop
+and resume the same generator, which then cannot tell a failed message from a handled
+one.  So a message its body left unsettled is nacked with the same backoff when the next
+one is asked for, or when the loop is left (an exception, `break`, the generator closed);
+prefetched messages never handed out are handed back at once.  While a body runs, a
+background thread extends the message's visibility every third of its visibility
+timeout, so a slow handler keeps it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterable
+from types import TracebackType
 
 from . import queue_ops
 from .errors import DsyncError, FailedPrecondition, NotFound
@@ -28,17 +34,40 @@ from .transport import Transport
 from .values import Body
 
 log = logging.getLogger("dsync_client")
+UNSETTLED = (
+    "message %r was neither acked nor nacked before the loop went on (the body may have failed): nacked, "
+    "back in %gs; settle each message with `with msg:` or msg.ack()"
+)
 
 
 class Message:
-    """One delivery being handled; `settled` once acked or nacked."""
+    """One delivery being handled; `settled` once acked or nacked.
 
-    def __init__(self, queue: Queue, delivery: Delivery) -> None:
+    `with msg:` settles it by how the block ends: acked when it finishes, nacked when it
+    raises (the exception propagates), with `backoff` seconds before the next delivery.
+    A block that settled it by hand leaves it as it is.
+    """
+
+    def __init__(self, queue: Queue, delivery: Delivery, backoff: float) -> None:
         self.delivery = delivery
+        self.backoff = backoff
         self.settled = False
         self.dead_lettered = False
         self._queue = queue
         self._lock = threading.Lock()
+
+    def __enter__(self) -> Message:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.settled:
+            return
+        if exc is None:
+            _ack_after_handling(self)
+        else:
+            _hand_back(self, self.backoff)
 
     @property
     def id(self) -> str:
@@ -123,21 +152,32 @@ class Queue:
         """Append one message: `body` is JSON or bytes (raw).  With an `id`, publishing the
         same id again adds nothing (`duplicate` in the answer)."""
         message = Outgoing(body, id, delay, max_deliveries)
-        return self._t.run(queue_ops.publish(self._t.session.header(), self.topic, message))
+        return self._t.run(queue_ops.publish(self.topic, message))
 
     def publish_batch(self, messages: Iterable[Body | Outgoing]) -> list[Published]:
         """Append up to 1,000 messages atomically (all or none), in order.  Items are bodies
         or `Outgoing` for per-message id, delay and max_deliveries."""
         batch = [as_outgoing(m) for m in messages]
-        return self._t.run(queue_ops.publish_batch(self._t.session.header(), self.topic, batch))
+        return self._t.run(queue_ops.publish_batch(self.topic, batch))
 
     def receive(
-        self, consumer: str, *, max_messages: int = 1, visibility_timeout: float = 30.0, wait: float = 0.0
+        self,
+        consumer: str,
+        *,
+        max_messages: int = 1,
+        visibility_timeout: float = 30.0,
+        wait: float = 0.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
     ) -> list[Message]:
         """Take up to `max_messages` ready messages, waiting up to `wait` s (at most 20)
-        for one; they stay in flight for `visibility_timeout` s unless settled."""
-        op = queue_ops.consume(self._t.session.header(), self.topic, consumer, max_messages, visibility_timeout, wait)
-        return [Message(self, d) for d in self._t.run(op)]
+        for one; they stay in flight for `visibility_timeout` s unless settled.  A message
+        that fails in `with msg:` rests `retry_delay * 2**(delivery - 1)` s (at most
+        `max_retry_delay`) before it is ready again."""
+        op = queue_ops.consume(self.topic, consumer, max_messages, visibility_timeout, wait)
+        return [
+            Message(self, d, nack_delay(d.delivery_count, retry_delay, max_retry_delay)) for d in self._t.run(op)
+        ]
 
     def consume(
         self,
@@ -149,10 +189,10 @@ class Queue:
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
     ) -> Generator[Message, None, None]:
-        """Messages forever, settled by how the loop body ends (see the module docstring).
+        """Messages forever, each to settle with `with msg:` (see the module docstring).
 
         Long-polls `wait` s at a time, taking up to `prefetch` messages per poll.  A failed
-        message is nacked with `retry_delay * 2**(delivery - 1)` s (at most
+        or unsettled message is nacked with `retry_delay * 2**(delivery - 1)` s (at most
         `max_retry_delay`) before it is ready again.  A DsyncError while polling or acking
         (the cluster unreachable past the client's timeout, say) ends the loop like any
         exception; unsettled messages are handed back.
@@ -163,7 +203,12 @@ class Queue:
         try:
             while True:
                 pending = self.receive(
-                    consumer, max_messages=prefetch, visibility_timeout=visibility_timeout, wait=wait
+                    consumer,
+                    max_messages=prefetch,
+                    visibility_timeout=visibility_timeout,
+                    wait=wait,
+                    retry_delay=retry_delay,
+                    max_retry_delay=max_retry_delay,
                 )
                 for message in pending:  # prefetched ones wait their turn without timing out
                     keeper.hold(message)
@@ -173,24 +218,27 @@ class Queue:
                     keeper.drop(handling)
                     handled, handling = handling, None
                     if not handled.settled:
-                        _ack_after_handling(handled)
+                        log.warning(UNSETTLED, handled.id, handled.backoff)
+                        _hand_back(handled, handled.backoff)
         finally:
             keeper.stop()
-            backoff = 0.0 if handling is None else nack_delay(handling.delivery_count, retry_delay, max_retry_delay)
-            _hand_back(handling, pending, backoff)
+            if handling is not None:
+                _hand_back(handling, handling.backoff)
+            for message in pending:  # never handed out: ready again at once
+                _hand_back(message, 0.0)
 
     def ack(self, id: str, *, receipt: str = "") -> None:
         """Remove a delivered message.  With its delivery's `receipt`, refused
         (FailedPrecondition) once the message was delivered again."""
-        self._t.run(queue_ops.ack(self._t.session.header(), self.topic, id, receipt))
+        self._t.run(queue_ops.ack(self.topic, id, receipt))
 
     def nack(self, id: str, *, receipt: str = "", delay: float = 0.0) -> bool:
         """Hand an in-flight message back; True if it was dead-lettered instead."""
-        return self._t.run(queue_ops.nack(self._t.session.header(), self.topic, id, receipt, delay))
+        return self._t.run(queue_ops.nack(self.topic, id, receipt, delay))
 
     def extend(self, id: str, visibility_timeout: float, *, receipt: str = "") -> None:
         """Keep an in-flight message `visibility_timeout` s from now."""
-        self._t.run(queue_ops.extend(self._t.session.header(), self.topic, id, receipt, visibility_timeout))
+        self._t.run(queue_ops.extend(self.topic, id, receipt, visibility_timeout))
 
     def stats(self, *, consistency: ConsistencyName = "linearizable") -> QueueStats:
         return self._t.run(queue_ops.stats(self.topic, consistency))
@@ -205,14 +253,12 @@ def _ack_after_handling(message: Message) -> None:
         log.warning("handled message %r could not be acked: %s", message.id, gone)
 
 
-def _hand_back(handling: Message | None, prefetched: list[Message], backoff: float) -> None:
-    """On leaving the loop: the message being handled rests `backoff` s; prefetched ones,
-    never handled, are ready again at once."""
-    returns: list[tuple[Message | None, float]] = [(handling, backoff), *((m, 0.0) for m in prefetched)]
-    for message, delay in returns:
-        if message is None or message.settled:
-            continue
-        try:
-            message.nack(delay)
-        except DsyncError as error:  # it comes back when its visibility timeout passes
-            log.warning("could not hand message %r back: %s", message.id, error)
+def _hand_back(message: Message, delay: float) -> None:
+    """Nack an unsettled message, ready again after `delay` s; one that cannot be nacked
+    comes back when its visibility timeout passes."""
+    if message.settled:
+        return
+    try:
+        message.nack(delay)
+    except DsyncError as error:
+        log.warning("could not hand message %r back: %s", message.id, error)

@@ -8,6 +8,7 @@ once however many attempts reach it.  Everything else is the caller's to decide.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -36,11 +37,18 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
+        # Every comparison with NaN is False, so "<= 0" lets it through, and a NaN
+        # deadline is never reached: the call would retry forever.
         for name in ("timeout", "attempt_timeout", "initial_backoff", "max_backoff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RetryPolicy.{name} must be positive seconds, got {getattr(self, name)!r}")
-        if self.multiplier < 1:
-            raise ValueError(f"RetryPolicy.multiplier must be at least 1, got {self.multiplier!r}")
+            check_seconds(f"RetryPolicy.{name}", getattr(self, name))
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
+            raise ValueError(f"RetryPolicy.multiplier must be a finite number of at least 1, not {self.multiplier!r}")
+
+
+def check_seconds(name: str, value: float) -> None:
+    """Refuse a duration no deadline can be computed from: NaN, infinite, zero or negative."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number of seconds above 0, not {value:g}")
 
 
 def retryable(error: DsyncError) -> bool:
@@ -64,6 +72,8 @@ class Attempts:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not math.isfinite(wait):
+            raise ValueError(f"a call's wait (a lock's timeout, a long poll) must be finite seconds, not {wait:g}")
         self._policy = policy
         self._wait = wait
         self._write = write

@@ -22,7 +22,7 @@ from .endpoints import Endpoints
 from .errors import DsyncError, from_rpc_error
 from .ops import Op, Out, Resp
 from .retry import Attempts, RetryPolicy
-from .session import Session
+from .session import SessionPool
 
 # Reconnect quickly to a restarted node: gRPC's default backoff grows to two minutes,
 # during which calls to that endpoint fail at once.  While a call is open, ping the node
@@ -49,16 +49,23 @@ def serialize(message: Message) -> bytes:
 
 
 class Transport:
-    def __init__(self, endpoints: Sequence[str], policy: RetryPolicy, session: Session) -> None:
+    def __init__(self, endpoints: Sequence[str], policy: RetryPolicy, sessions: SessionPool) -> None:
         self.endpoints = Endpoints(endpoints)
         self.policy = policy
-        self.session = session
+        self.sessions = sessions
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def run(self, op: Op[Resp, Out], timeout: float | None = None) -> Out:
-        """Call with failover and retries; `timeout` overrides the policy's for this call."""
+        """Call with failover and retries; `timeout` overrides the policy's for this call.
+        A write keeps one session of the pool, and so one header, until it ends."""
+        if not op.write:
+            return self._retry(op, timeout)
+        with self.sessions.header() as header:
+            return self._retry(op.stamped(header), timeout)
+
+    def _retry(self, op: Op[Resp, Out], timeout: float | None) -> Out:
         policy = self.policy if timeout is None else replace(self.policy, timeout=timeout)
         attempts = Attempts(policy, wait=op.wait, write=op.write)
         while True:

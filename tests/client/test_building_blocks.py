@@ -3,6 +3,7 @@ values, request headers."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 
@@ -10,11 +11,12 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from dsync_client import cache_ops, cluster_ops, errors, lock_ops, queue_ops
+from dsync.v1 import common_pb2, lock_pb2
+from dsync_client import Client, cache_ops, cluster_ops, errors, lock_ops, queue_ops
 from dsync_client.endpoints import SUSPECT_S, Endpoints, parse_endpoints
 from dsync_client.queue_ops import nack_delay
 from dsync_client.retry import Attempts, RetryPolicy
-from dsync_client.session import Session
+from dsync_client.session import SessionPool
 from dsync_client.values import from_value, to_value
 
 
@@ -47,6 +49,25 @@ def test_a_refusal_is_reraised_and_time_running_out_ends_retries() -> None:
     clock.now += 0.85  # 0.15 s left: less than any pause (0.2 to 0.4 s) would leave
     with pytest.raises(errors.DeadlineExceeded, match="gave up after 2 failed attempt.*from b:2: attempt timed out"):
         attempts.pause_after(last)
+
+
+@pytest.mark.parametrize("name", ["timeout", "attempt_timeout", "initial_backoff", "max_backoff", "multiplier"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_a_retry_policy_refuses_what_is_not_a_finite_positive_number(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"RetryPolicy.{name} must be"):
+        RetryPolicy(**{name: value})
+
+
+def test_a_call_may_not_wait_for_a_time_that_is_not_a_number() -> None:
+    with pytest.raises(ValueError, match="must be finite seconds, not nan"):
+        Attempts(RetryPolicy(), wait=float("nan"))
+
+
+def test_a_lock_lease_must_be_a_finite_number_of_seconds() -> None:
+    with Client(["127.0.0.1:1"]) as client:  # nothing is dialled
+        for ttl in (float("nan"), float("inf"), 0.0):
+            with pytest.raises(ValueError, match="ttl \\(the lease\\) must be a finite number of seconds"):
+                client.lock("r", ttl=ttl)
 
 
 def test_an_attempt_may_take_the_server_side_wait_plus_attempt_timeout_within_the_deadline() -> None:
@@ -104,6 +125,19 @@ def test_statuses_map_to_exceptions(
     assert type(error) is expected and error.message == details and error.code is code and error.endpoint == "a:1"
 
 
+@pytest.mark.parametrize("refine", [None, errors.NotHeld, errors.VersionMismatch])
+def test_a_write_whose_result_the_session_forgot_has_an_unknown_outcome_not_a_refusal(
+    refine: type[errors.DsyncError] | None,
+) -> None:
+    details = (
+        "header.sequence 1 is at or below 45, whose outcome this client's session no longer keeps "
+        "(it keeps 256 results): send new writes with new sequence numbers"
+    )
+    error = errors.from_status(grpc.StatusCode.FAILED_PRECONDITION, details, "a:1", refine)
+    assert type(error) is errors.OutcomeUnknown and error.message.startswith("the write may or may not have")
+    assert details in error.message and error.code is grpc.StatusCode.FAILED_PRECONDITION
+
+
 def test_json_values_round_trip_and_whole_numbers_come_back_as_int() -> None:
     value = {"s": "x", "n": 3, "f": 2.5, "big": 2**60, "b": True, "z": None, "l": [1, [2, {"k": []}]]}
     back = from_value(struct_pb2.Value.FromString(to_value(value).SerializeToString()))
@@ -113,31 +147,69 @@ def test_json_values_round_trip_and_whole_numbers_come_back_as_int() -> None:
         to_value({"s": {1}})
 
 
-def test_headers_number_writes_uniquely_across_threads() -> None:
-    session = Session()
-    seen: list[int] = []
+def test_writes_in_flight_together_never_share_a_session_and_free_sessions_are_reused() -> None:
+    pool = SessionPool()
+    in_flight: dict[str, int] = {}
+    seen: list[tuple[str, int]] = []
     lock = threading.Lock()
+    start = threading.Barrier(8)
 
-    def take() -> None:
+    def write() -> None:
+        start.wait()
         for _ in range(200):
-            header = session.header()
-            with lock:
-                seen.append(header.sequence)
+            with pool.header() as header:
+                with lock:
+                    assert header.client_id not in in_flight, "two writes in flight in one session"
+                    in_flight[header.client_id] = header.sequence
+                    seen.append((header.client_id, header.sequence))
+                with lock:
+                    del in_flight[header.client_id]
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
+    threads = [threading.Thread(target=write) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(seen) == list(range(1, 1601))
-    with pytest.raises(ValueError, match="longer than 128 bytes"):
-        Session("x" * 129)
+    assert len(set(seen)) == 1600, "a (client id, sequence) pair was used twice"
+    sessions = {client_id for client_id, _ in seen}
+    assert pool.client_id in sessions and len(sessions) <= 8, "more sessions than writes ever in flight"
+    for client_id in sessions:
+        numbers = [n for c, n in seen if c == client_id]
+        assert numbers == list(range(1, len(numbers) + 1)), "each session numbers its writes 1, 2, 3..."
+    with pool.header() as first, pool.header() as second:
+        assert first.client_id != second.client_id
+    with pytest.raises(ValueError, match="longer than 120 bytes"):
+        SessionPool("x" * 121)
+
+
+async def test_tasks_in_flight_together_use_sessions_of_their_own() -> None:
+    pool = SessionPool()
+    entered = asyncio.Event()
+    holding: list[str] = []
+
+    async def write(wait: bool) -> None:
+        with pool.header() as header:
+            holding.append(header.client_id)
+            if wait:
+                entered.set()
+                await asyncio.sleep(0.05)
+            else:
+                await entered.wait()
+
+    await asyncio.gather(write(True), write(False))
+    assert sorted(holding) == sorted([pool.client_id, f"{pool.client_id}#1"])
+    with pool.header() as header:
+        assert header.client_id in holding and header.sequence == 2, "a free session is lent again"
 
 
 def test_writes_are_the_operations_that_carry_a_header() -> None:
-    header = Session().header()
-    assert lock_ops.acquire(header, "r", "o", "exclusive", 0, 0).write
-    assert cache_ops.put(header, "k", 1, 0).write and queue_ops.stats("t", "local").write is False
+    header = common_pb2.RequestHeader(client_id="c", sequence=3)
+    acquire = lock_ops.acquire("r", "o", "exclusive", 0, 0)
+    stamped, unstamped = acquire.stamped(header).request, acquire.request
+    assert isinstance(stamped, lock_pb2.AcquireRequest) and isinstance(unstamped, lock_pb2.AcquireRequest)
+    assert acquire.write and stamped.header == header and stamped.resource == "r"
+    assert not unstamped.HasField("header"), "stamping copies the request"
+    assert cache_ops.put("k", 1, 0).write and queue_ops.stats("t", "local").write is False
     assert not cache_ops.get("k", "linearizable").write and not cluster_ops.leader().write
 
 

@@ -193,6 +193,23 @@ def test_usage_mistakes_exit_2_and_an_unreachable_cluster_exits_6(capsys: pytest
     assert "Unavailable: gave up after" in err and "write" not in err, "a read has no unknown outcome"
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_a_usage_error(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
+    assert main(["cache", "get", "k", "--endpoints", nobody, "--timeout", timeout]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dsync: --timeout must be a finite number of seconds above 0, not {timeout}\n"
+
+
+def test_a_wait_that_is_not_a_finite_number_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
+    with pytest.raises(SystemExit) as raised:
+        main(["lock", "acquire", "r", "--wait", "nan", "--endpoints", nobody, "--timeout", "0.5"])
+    assert raised.value.code == 2 and "argument --wait: must be a finite number of seconds" in capsys.readouterr().err
+
+
 def test_python_dash_m_client_runs_the_cli_from_a_checkout(shared_cluster: RunningCluster) -> None:
     env = {**os.environ, "DSYNC_ENDPOINTS": ",".join(shared_cluster.endpoints)}
     env.pop("PYTHONPATH", None)

@@ -18,12 +18,13 @@ import pytest
 from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc, common_pb2
 from dsync_client import AsyncClient, Client, RetryPolicy, Unavailable, VersionMismatch
 from server.cluster import free_ports
+from tests.client.scripted import UnscriptedCache, UnscriptedCluster
 
 MAYBE_COMMITTED = "the leader did not confirm the proposal in time; it may still commit: retry with the same request id"
 
 
 @dataclass
-class ScriptedNode(cache_pb2_grpc.CacheServiceServicer, cluster_pb2_grpc.ClusterServiceServicer):
+class ScriptedNode(UnscriptedCache, UnscriptedCluster):
     """Fails the first `failures` writes with `code`, then succeeds; names `leader` (or
     knows none).  Records every write's header, in arrival order."""
 
@@ -53,23 +54,6 @@ class ScriptedNode(cache_pb2_grpc.CacheServiceServicer, cluster_pb2_grpc.Cluster
         if not self.leader:
             context.abort(grpc.StatusCode.UNAVAILABLE, "knows no leader")
         return cluster_pb2.LeaderResponse(leader_id="n", grpc_address=self.leader)
-
-    # Not scripted: these tests never call them.
-    def Get(self, request: cache_pb2.GetRequest, context: grpc.ServicerContext) -> cache_pb2.GetResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
-
-    def Invalidate(
-        self, request: cache_pb2.InvalidateRequest, context: grpc.ServicerContext
-    ) -> cache_pb2.InvalidateResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
-
-    def Status(self, request: cluster_pb2.StatusRequest, context: grpc.ServicerContext) -> cluster_pb2.StatusResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
-
-    def Members(
-        self, request: cluster_pb2.MembersRequest, context: grpc.ServicerContext
-    ) -> cluster_pb2.MembersResponse:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
 
 Serve = Callable[[ScriptedNode], ScriptedNode]
