@@ -8,6 +8,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Hashable
 
+from server.fsm.base import EVERY_WAIT
+
 
 class Expectation:
     """One registered wait; always `close()` it (use `with`)."""
@@ -44,11 +46,17 @@ class EventHub:
         return expectation
 
     def publish(self, event: object) -> None:
-        """Wake every expectation of the event's `key`; events nobody waits for vanish."""
+        """Wake every expectation of the event's `key` (every expectation for EVERY_WAIT);
+        events nobody waits for vanish."""
         key = getattr(event, "key", None)
         if key is None:
             return
-        for expectation in self._waiting.pop(key, ()):
+        if key == EVERY_WAIT:
+            woken = [e for waiting in self._waiting.values() for e in waiting]
+            self._waiting.clear()
+        else:
+            woken = self._waiting.pop(key, [])
+        for expectation in woken:
             if not expectation.future.done():
                 expectation.future.set_result(event)
 

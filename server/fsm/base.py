@@ -38,6 +38,19 @@ class Refusal:
 Result = ProtoMessage | Refusal
 Emit = Callable[[object], None]
 
+# The key of an event for every waiting RPC, whatever it waits for.
+EVERY_WAIT = ("every wait",)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRestored:
+    """Emitted once a restored state is installed.  A follower that installs a leader's
+    snapshot applies none of the entries whose apply would have announced what they
+    decided (a message ready, a wait granted or ended), so every waiting RPC looks again
+    at the new state: what each waits for is known only to the RPC itself."""
+
+    key: tuple[str] = EVERY_WAIT
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyContext:

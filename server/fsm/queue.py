@@ -19,8 +19,8 @@ The rules (the public contract is documented in protos/dsync/v1/queue.proto):
   after its command, never at the stale reading before it (see QueueStore.start).
 
 Each time messages become ready in a topic, `MessagesReady` is emitted so long polls on
-that topic wake up and consume again; the state machine keeps no waiters.  A restored
-state emits it for every topic with ready messages (`restored_events`).
+that topic wake up and consume again; the state machine keeps no waiters.  After a
+restore the router wakes every waiting RPC instead (`StateRestored`).
 """
 
 from __future__ import annotations
@@ -115,13 +115,6 @@ class QueueMachine:
             self._store = store
 
         return install
-
-    def restored_events(self) -> list[MessagesReady]:
-        """One `MessagesReady` per topic with ready messages, for the router to emit after a
-        restore: the state arrived without the entries whose apply would have announced
-        them, and a long poll waiting on this node would otherwise sleep through its wait."""
-        topics = self._store.topics
-        return [MessagesReady(name) for name in sorted(topics) if topics[name].counts[READY]]
 
     # ------------------------------------------------------------------ reads
 

@@ -20,15 +20,14 @@ expires after `SESSION_IDLE_MS` without writes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from dsync.fsm.v1 import command_pb2
-from server.fsm.base import ApplyContext, Code, Component, Emit, Refusal, Result
+from server.fsm.base import ApplyContext, Code, Component, Emit, Refusal, Result, StateRestored
 
 SESSION_RESULTS = 256
 # What a session's older results may weigh, besides its newest one: retries of writes
@@ -41,20 +40,6 @@ MAX_CLIENT_ID_BYTES = 128
 
 def _ignore(event: object) -> None:
     """Default event sink: nobody is waiting."""
-
-
-@runtime_checkable
-class AnnouncesRestore(Protocol):
-    """A component whose waiting RPCs a restore may concern (optional, beside `Component`).
-
-    A follower that installs a leader's snapshot skips the entries whose apply would have
-    emitted their events, so RPCs waiting on it would sleep through what the new state
-    already decided.  The router emits these events once the whole state is installed.
-    """
-
-    def restored_events(self) -> Iterable[object]:
-        """The events that wake every wait the installed state may have ended."""
-        ...
 
 
 @dataclass
@@ -154,10 +139,7 @@ class DsyncStateMachine:
             self._sessions = sessions
             for component_install in installs:
                 component_install()
-            for component in self.components.values():
-                if isinstance(component, AnnouncesRestore):
-                    for event in component.restored_events():
-                        self.emit(event)
+            self.emit(StateRestored())
 
         return install
 

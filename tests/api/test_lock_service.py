@@ -251,6 +251,30 @@ async def test_when_cluster_time_stalls_the_servicer_withdraws_the_wait(
     assert not locks_of(cluster, follower).waits("r", "bob")
 
 
+async def test_a_wait_granted_inside_a_snapshot_a_follower_installs_is_answered_at_once() -> None:
+    """The follower applies none of the entries that granted the wait: the install itself
+    must make the waiting RPC look again, not leave it to the wall-clock safety net."""
+    async with service_cluster(
+        register=[add_lock_service],
+        components=lambda: {"lock": LockMachine()},
+        snapshot_entries=20,
+        snapshot_catchup_entries=0,
+    ) as cluster:
+        leader, (follower, other) = await roles(cluster)
+        await stub(cluster, leader).Acquire(acquire("r", "alice"))
+        stats = cluster.raft.replica(follower).stats
+        bob = asyncio.ensure_future(stub(cluster, follower).Acquire(acquire("r", "bob", timeout=60)))
+        await waiting(cluster, follower, "r", "bob")
+        cluster.raft.partition([leader, other], [follower])
+        await stub(cluster, leader).Release(lock_pb2.ReleaseRequest(resource="r", owner="alice"))
+        for n in range(30):  # the leader snapshots and compacts its log past the follower
+            await stub(cluster, leader).Acquire(acquire(f"filler-{n}", "f"))
+        cluster.raft.heal()
+        await eventually(lambda: stats.snapshots_installed >= 1, "the follower installs the leader's snapshot")
+        granted = await asyncio.wait_for(bob, lock_service.WAIT_GRACE_S - 1)
+        assert (granted.owner, granted.mode) == ("bob", EXCLUSIVE)
+
+
 # ---------------------------------------------------------------------- reads
 
 

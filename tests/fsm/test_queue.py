@@ -472,25 +472,6 @@ def test_results_survive_the_router_session_cache_and_its_snapshot() -> None:
     assert queue(4, consume, 3) == api.ConsumeResponse()
 
 
-def test_a_restored_state_wakes_the_long_polls_of_every_topic_with_ready_messages() -> None:
-    """A follower that installs a leader's snapshot applies none of the entries that made
-    those messages ready: without these events its long polls would sleep on."""
-    source = Driver()
-    source.publish("b", entry(id="ready"))
-    source.publish("a", entry(id="ready"), entry(id="later", delay_ms=1000))
-    source.publish("held", entry(id="x"))
-    source.consume("held")
-    source.publish("delayed", entry(delay_ms=1000))
-    fsm = DsyncStateMachine({"queue": source.machine})
-    events: list[object] = []
-    follower = DsyncStateMachine({"queue": QueueMachine()})
-    follower.emit = events.append
-    install = follower.prepare_restore(fsm.snapshot())
-    assert events == []  # nothing before the state is in place
-    install()
-    assert events == [MessagesReady("a"), MessagesReady("b")]
-
-
 def test_a_session_keeping_large_consume_answers_stays_bounded_in_every_snapshot() -> None:
     fsm = DsyncStateMachine({"queue": QueueMachine()})
     index = 0

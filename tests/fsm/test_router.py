@@ -8,7 +8,7 @@ from collections.abc import Callable
 from google.protobuf import wrappers_pb2
 
 from dsync.fsm.v1 import command_pb2
-from server.fsm.base import ApplyContext, Code, Refusal, Result
+from server.fsm.base import EVERY_WAIT, ApplyContext, Code, Refusal, Result, StateRestored
 from server.fsm.protocols import restore
 from server.fsm.router import SESSION_IDLE_MS, SESSION_RESULT_BYTES, SESSION_RESULTS, DsyncStateMachine
 
@@ -162,6 +162,19 @@ def test_snapshot_restores_clock_sessions_and_components_exactly() -> None:
     assert copy.apply(5, cmd(client="c", seq=7)) == fsm.apply(5, cmd(client="c", seq=7))
     assert copy.apply(6, cmd(client="d", seq=1)) == fsm.apply(6, cmd(client="d", seq=1))
     assert copied.count == counter.count == 1
+
+
+def test_installing_a_restored_state_wakes_every_waiting_rpc_once_the_state_is_in_place() -> None:
+    """The snapshot stands for entries whose apply would have announced what they decided."""
+    fsm, _ = machine()
+    fsm.apply(1, cmd(client="c", seq=1))
+    copy, _ = machine()
+    events: list[object] = []
+    copy.emit = events.append
+    install = copy.prepare_restore(fsm.snapshot())
+    assert events == []  # the waiting RPCs would look at the old state
+    install()
+    assert events == [StateRestored()] and StateRestored().key == EVERY_WAIT
 
 
 # One client's concurrent writes may commit out of sequence order (the SDK shares one
