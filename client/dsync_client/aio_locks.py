@@ -14,7 +14,7 @@ from . import lock_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, LockLost, NotHeld
 from .lock_ops import Grant, Mode
-from .locks import answered_in_time, block_owner, lost_before_start
+from .locks import answered_in_time, block_owner, late_confirmation, lost_before_start
 from .retry import check_seconds
 
 log = logging.getLogger("dsync_client")
@@ -83,13 +83,14 @@ class AsyncLockContext:
         sent = time.monotonic()
         op = lock_ops.refresh(self._resource, self._owner, self._ttl)
         try:
-            held.grant = await self._t.run(op, timeout=self._ttl)
-        except NotHeld as lost:
+            held.grant = await self._t.run(op, timeout=self._ttl / 3)
+        except DsyncError as error:
             held.lost.set()
-            raise lost_before_start(self._resource, held.token, lost.message) from lost
-        if time.monotonic() - sent >= self._ttl:
+            raise lost_before_start(self._resource, held.token, error.message) from error
+        late = late_confirmation(sent, self._ttl)
+        if late is not None:
             held.lost.set()
-            raise lost_before_start(self._resource, held.token, f"confirming it took over its {self._ttl:g}s ttl")
+            raise lost_before_start(self._resource, held.token, late)
         return sent
 
     async def __aexit__(

@@ -23,6 +23,7 @@ from .errors import DsyncError, FailedPrecondition, NotFound
 from .ops import ConsistencyName
 from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
 from .queues import UNSETTLED
+from .retry import check_seconds
 from .values import Body
 
 log = logging.getLogger("dsync_client")
@@ -92,6 +93,7 @@ class AsyncVisibilityKeeper:
     """Extends the messages being handled, every third of their visibility timeout."""
 
     def __init__(self, visibility_timeout: float) -> None:
+        check_seconds("visibility_timeout", visibility_timeout)  # it extends every third of it
         self._visibility = visibility_timeout
         self._messages: dict[str, AsyncMessage] = {}
         self._task: asyncio.Task[None] | None = None

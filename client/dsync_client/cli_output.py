@@ -17,6 +17,7 @@ from .errors import (
     InvalidArgument,
     LockConflict,
     NotFound,
+    OutcomeUnknown,
     Overloaded,
     Unavailable,
 )
@@ -31,7 +32,7 @@ class Exit(IntEnum):
     NOT_FOUND = 3  # cache miss, nothing to consume, no such message
     CONFLICT = 4  # the lock stayed busy (or waiting would deadlock)
     PRECONDITION = 5  # lock not held by that owner, version mismatch, stale receipt
-    UNAVAILABLE = 6  # no leader or no node answered in time: retry later
+    UNAVAILABLE = 6  # no leader or no node answered in time, or a retry's outcome is unknown: retry later
     OVERLOADED = 7  # the cluster sheds load or a capacity is reached: back off
     INTERRUPTED = 130  # Ctrl-C
 
@@ -42,6 +43,7 @@ _CODES: list[tuple[type[DsyncError], Exit]] = [
     (LockConflict, Exit.CONFLICT),
     (FailedPrecondition, Exit.PRECONDITION),
     (Unavailable, Exit.UNAVAILABLE),
+    (OutcomeUnknown, Exit.UNAVAILABLE),
     (Overloaded, Exit.OVERLOADED),
 ]
 

@@ -40,6 +40,15 @@ def answered_in_time(sent: float, ttl: float) -> bool:
     return time.monotonic() - sent < ttl / 3
 
 
+def late_confirmation(sent: float, ttl: float) -> str | None:
+    """Why a lease confirmed by a refresh sent at `sent` cannot start a block, or None.
+    The refresh must be answered within ttl/3, as a grant must: otherwise the block could
+    start with little of its lease left and outlive it before the first periodic refresh."""
+    if answered_in_time(sent, ttl):
+        return None
+    return f"confirming it took over a third of its {ttl:g}s ttl"
+
+
 def lost_before_start(resource: str, token: int, why: str) -> LockLost:
     return LockLost(
         f"the lease on {resource!r} (token {token}) may have ended before the block could start ({why}); "
@@ -116,16 +125,17 @@ class LockContext:
 
     def _confirm(self, held: HeldLock) -> float:
         """Refresh a lease granted too long ago to trust; returns when the lease now
-        counts from.  LockLost if it ended, or if confirming took the whole ttl."""
+        counts from.  LockLost if it ended, could not be confirmed, or was confirmed too late."""
         sent = time.monotonic()
         try:
-            held.grant = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl)
-        except NotHeld as lost:
+            held.grant = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl / 3)
+        except DsyncError as error:
             held.lost.set()
-            raise lost_before_start(self._resource, held.token, lost.message) from lost
-        if time.monotonic() - sent >= self._ttl:
+            raise lost_before_start(self._resource, held.token, error.message) from error
+        late = late_confirmation(sent, self._ttl)
+        if late is not None:
             held.lost.set()
-            raise lost_before_start(self._resource, held.token, f"confirming it took over its {self._ttl:g}s ttl")
+            raise lost_before_start(self._resource, held.token, late)
         return sent
 
     def __exit__(

@@ -30,6 +30,7 @@ from . import queue_ops
 from .errors import DsyncError, FailedPrecondition, NotFound
 from .ops import ConsistencyName
 from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
+from .retry import check_seconds
 from .transport import Transport
 from .values import Body
 
@@ -105,6 +106,7 @@ class VisibilityKeeper:
     """Extends the messages being handled, every third of their visibility timeout."""
 
     def __init__(self, visibility_timeout: float) -> None:
+        check_seconds("visibility_timeout", visibility_timeout)  # it extends every third of it
         self._visibility = visibility_timeout
         self._messages: dict[str, Message] = {}
         self._lock = threading.Lock()

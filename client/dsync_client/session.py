@@ -23,6 +23,7 @@ from dsync.v1 import common_pb2
 MAX_CLIENT_ID_BYTES = 128  # common.proto's limit
 # The pool's sessions after the first are named `<client id>#<n>`: room for "#" and 7
 # digits, far more sessions than calls a process has in flight at once.
+SESSION_MARK = "#"
 SUFFIX_BYTES = 8
 
 
@@ -53,6 +54,9 @@ class SessionPool:
         limit = MAX_CLIENT_ID_BYTES - SUFFIX_BYTES
         if len(self.client_id.encode()) > limit:
             raise ValueError(f"client_id is longer than {limit} bytes: {self.client_id!r}; choose a shorter one")
+        if SESSION_MARK in self.client_id:
+            # `foo`'s second session is `foo#1`: a client named `foo#1` would share it.
+            raise ValueError(f"client_id may not contain {SESSION_MARK!r}: {self.client_id!r}; choose another")
         self._free: list[_Session] = []
         self._made = 0
         self._lock = threading.Lock()
@@ -74,4 +78,4 @@ class SessionPool:
             if self._free:
                 return self._free.pop()
             n, self._made = self._made, self._made + 1
-        return _Session(self.client_id if n == 0 else f"{self.client_id}#{n}")
+        return _Session(self.client_id if n == 0 else f"{self.client_id}{SESSION_MARK}{n}")

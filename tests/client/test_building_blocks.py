@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 
 from dsync.v1 import common_pb2, lock_pb2
 from dsync_client import Client, cache_ops, cluster_ops, errors, lock_ops, queue_ops
+from dsync_client.cli_output import Exit, exit_code
 from dsync_client.endpoints import SUSPECT_S, Endpoints, parse_endpoints
 from dsync_client.queue_ops import nack_delay
 from dsync_client.retry import Attempts, RetryPolicy
@@ -180,6 +181,13 @@ def test_writes_in_flight_together_never_share_a_session_and_free_sessions_are_r
         assert first.client_id != second.client_id
     with pytest.raises(ValueError, match="longer than 120 bytes"):
         SessionPool("x" * 121)
+    with pytest.raises(ValueError, match="may not contain '#'"):
+        SessionPool("foo#1")  # it would share the sessions of a client named foo
+
+
+def test_an_outcome_unknown_exits_6_like_an_unavailable_cluster() -> None:
+    error = errors.OutcomeUnknown("header.sequence 3 is at or below 9, whose outcome this client's session no longer keeps")
+    assert exit_code(error) is Exit.UNAVAILABLE and int(Exit.UNAVAILABLE) == 6
 
 
 async def test_tasks_in_flight_together_use_sessions_of_their_own() -> None:

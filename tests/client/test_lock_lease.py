@@ -34,6 +34,8 @@ class LeaseNode(UnscriptedLock, UnscriptedCluster):
     acquires: int = 0
     refreshes: list[float] = field(default_factory=list)
     release_attempt: threading.Event = field(default_factory=threading.Event)
+    refresh_delay: float = 0.0  # how long each Refresh takes to answer
+    refresh_unavailable: bool = False  # Refresh answers UNAVAILABLE, as without a leader
 
     def _grant(self, resource: str, owner: str) -> lock_pb2.AcquireResponse:
         return lock_pb2.AcquireResponse(
@@ -58,7 +60,10 @@ class LeaseNode(UnscriptedLock, UnscriptedCluster):
         return self._grant(request.resource, request.owner)
 
     def Refresh(self, request: lock_pb2.RefreshRequest, context: grpc.ServicerContext) -> lock_pb2.RefreshResponse:
+        if self.refresh_unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "knows no leader: retry")
         self._check_held(context)
+        self.release_attempt.wait(self.refresh_delay)
         self.refreshes.append(time.monotonic())
         self.granted_at = time.monotonic()
         grant = self._grant(request.resource, request.owner)
@@ -134,3 +139,29 @@ async def test_an_async_block_whose_grant_was_answered_after_its_lease_ended_doe
                 ran.append(True)
     assert node.acquires == 2 and ran == [], "the block ran on a lease that had ended"
     assert "may have ended before the block could start" in raised.value.message
+
+
+@pytest.mark.parametrize("refresh", ["slow", "unavailable"])
+def test_a_block_whose_late_grant_cannot_be_confirmed_within_a_third_of_its_ttl_does_not_run(
+    serve: list[tuple[grpc.Server, LeaseNode]], refresh: str
+) -> None:
+    """Confirmed later than ttl/3, the lease could end before the block's first refresh."""
+    node = _serve(LeaseNode(ttl=3.0, refresh_delay=1.5, refresh_unavailable=refresh == "unavailable"), serve)
+    ran: list[bool] = []
+    with Client([node.address], retry=_policy(1.2)) as client:
+        with pytest.raises(LockLost) as raised, client.lock("r", ttl=3.0):
+            ran.append(True)
+    assert ran == [], "the block ran on a lease it could not confirm in time"
+    assert "may have ended before the block could start" in raised.value.message
+
+
+async def test_an_async_block_whose_late_grant_is_confirmed_too_late_does_not_run(
+    serve: list[tuple[grpc.Server, LeaseNode]],
+) -> None:
+    node = _serve(LeaseNode(ttl=3.0, refresh_delay=1.5), serve)
+    ran: list[bool] = []
+    async with AsyncClient([node.address], retry=_policy(1.2)) as client:
+        with pytest.raises(LockLost):
+            async with client.lock("r", ttl=3.0):
+                ran.append(True)
+    assert ran == [], "the block ran on a lease it could not confirm in time"

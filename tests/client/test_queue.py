@@ -100,6 +100,12 @@ def test_with_msg_acks_a_clean_exit_and_nacks_a_failure_with_backoff(client: Cli
     assert (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 1), "job 1 backs off, job 2 is acked"
 
 
+def test_a_consume_loop_needs_a_visibility_timeout_it_can_extend_every_third_of(client: Client) -> None:
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="visibility_timeout"):
+            next(client.queue(_topic()).consume("worker", visibility_timeout=bad, wait=0.1))
+
+
 def test_publish_ids_are_idempotent_and_raw_bodies_stay_bytes(client: Client) -> None:
     queue = client.queue(_topic())
     first, raw = queue.publish_batch([Outgoing({"order": 7}, id="order-7"), b"\x00\xffraw"])
