@@ -357,11 +357,10 @@ class LockMachine:
             return refusal or mode
         if refusal is not None:
             return refusal
-        if req.wait_id == 0:
-            return Refusal(Code.INVALID_ARGUMENT, "wait_id: required: the wait_id of the Queued outcome to withdraw")
         lock = self._locks.get(req.resource)
         waiter = lock.waiter(req.owner) if lock is not None else None
-        if lock is not None and waiter is not None and waiter.wait_id == req.wait_id:
+        # wait_id 0: a Withdraw logged before waits had ids, which ended the owner's wait.
+        if lock is not None and waiter is not None and req.wait_id in (0, waiter.wait_id):
             message = (
                 f"no grant of {req.resource!r} within the timeout (cluster time stalled: was no leader "
                 f"elected?); it is {lock.describe_holders(ctx.now_ms)}"
@@ -372,8 +371,9 @@ class LockMachine:
         if grant is None:
             return Refusal(
                 Code.ABORTED,
-                f"{req.owner}'s wait for {req.resource!r} (wait {req.wait_id}) ended without a grant, and "
-                f"{req.owner} does not hold it {mode.adverb} now: acquire again with a new request",
+                f"{req.owner}'s wait for {req.resource!r} (wait {req.wait_id}) is over, and {req.owner} does "
+                f"not hold it {mode.adverb} now (not granted, or granted and its lease since ended): acquire "
+                "again with a new request",
             )
         return _granted(grant)
 

@@ -186,12 +186,17 @@ def decode(data: bytes) -> tuple[dict[str, Lock], int]:
             lock = Lock(mode=Mode(entry.mode))
             for h in entry.holders:
                 lock.holders[h.owner] = Holder(h.owner, h.fencing_token, h.ttl_ms, h.expires_ms, h.started)
-            for w in entry.waiters:
+            # Snapshots taken before waits had ids list none: number them in queue order.
+            # Each wait took a log entry at or before the snapshot, so every later wait's id
+            # (its own entry's index) is higher.
+            unnumbered = all(w.wait_id == 0 for w in entry.waiters)
+            for position, w in enumerate(entry.waiters, start=1):
+                wait_id = position if unnumbered else w.wait_id
                 waiter = Waiter(
-                    w.owner, Mode(w.mode), w.ttl_ms, w.timeout_ms, w.deadline_ms, w.wait_id, w.upgrade, w.started
+                    w.owner, Mode(w.mode), w.ttl_ms, w.timeout_ms, w.deadline_ms, wait_id, w.upgrade, w.started
                 )
-                if w.wait_id == 0 or (lock.waiters and lock.waiters[-1].rank >= waiter.rank):
-                    raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {w.wait_id}, out of order")
+                if wait_id == 0 or (lock.waiters and lock.waiters[-1].rank >= waiter.rank):
+                    raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {wait_id}, out of order")
                 lock.enqueue(waiter)
             locks[entry.resource] = lock
     except (DecodeError, ValueError) as exc:  # ValueError: a mode or a queue no dsync writes

@@ -479,6 +479,27 @@ async def test_a_retried_acquire_whose_wait_ended_is_answered_from_the_machine(c
     assert error.code() == grpc.StatusCode.ABORTED and "already ended" in (error.details() or "")
 
 
+async def test_a_retried_refresh_after_an_upgrade_reports_the_hold_under_its_new_token(
+    cluster: ServiceCluster,
+) -> None:
+    """An upgrade grants a new token: the lease goes on, so the retry must not say it ended."""
+    leader, followers = await roles(cluster)
+    lock = stub(cluster, leader)
+    await lock.Acquire(acquire("up", "o", mode=SHARED))
+    await lock.Acquire(acquire("up", "p", mode=SHARED))
+    upgrade = asyncio.ensure_future(lock.Acquire(acquire("up", "o", mode=EXCLUSIVE, timeout=30)))
+    await waiting(cluster, leader, "up", "o")
+    header = common_pb2.RequestHeader(client_id="o-client", sequence=1)
+    request = lock_pb2.RefreshRequest(resource="up", owner="o", header=header)
+    first = await lock.Refresh(request)
+    await lock.Release(lock_pb2.ReleaseRequest(resource="up", owner="p"))
+    upgraded = await asyncio.wait_for(upgrade, 10)
+    assert upgraded.fencing_token > first.fencing_token
+    await eventually(lambda: locks_of(cluster, followers[0]).holding("up", "o", Mode.EXCLUSIVE, 0), "the upgrade applied")
+    again = await stub(cluster, followers[0]).Refresh(request)
+    assert (again.mode, again.fencing_token) == (EXCLUSIVE, upgraded.fencing_token)
+
+
 async def test_a_retried_refresh_never_reports_a_renewal_of_a_lease_that_ended_since(cluster: ServiceCluster) -> None:
     """The first Refresh renewed the lease but its answer was lost; by the retry the lease
     has run out and another owner holds the lock.  The remembered "renewed" must not come back."""

@@ -122,13 +122,12 @@ class Model:
         return ("refreshed", h.token, h.ttl)
 
     def withdraw(self, r: str, o: str, mode: Mode, wait_id: int) -> Outcome:
-        if wait_id == 0:
-            return ("refused", Code.INVALID_ARGUMENT, False)
         lk = self.locks.get(r)
         if lk is None:
             return ("refused", Code.ABORTED, False)
         pos = lk.waiter(o)
-        if pos is not None and lk.queue[pos].wait_id == wait_id:
+        # wait_id 0: a Withdraw logged before waits had ids, which named the owner's wait.
+        if pos is not None and wait_id in (0, lk.queue[pos].wait_id):
             self._drop_waiter(r, lk, pos)
             return ("refused", Code.ABORTED, False)
         h = lk.holder(o)

@@ -133,7 +133,9 @@ class LockCommand(_message.Message):
         owner: _builtins.str
         mode: _lock_pb2.LockMode.ValueType
         wait_id: _builtins.int
-        """Required: the Queued outcome's wait_id."""
+        """The Queued outcome's wait_id; 0 (only in entries logged before waits had ids) names
+        the owner's wait, whichever it is.
+        """
         def __init__(
             self,
             *,
@@ -299,7 +301,8 @@ class LockSnapshot(_message.Message):
         """False: queued since the last clock entry; the timeout starts at the next one."""
         wait_id: _builtins.int
         """The log index of the entry that queued it (LockAcquireOutcome.Queued.wait_id).
-        Behind an upgrade (always first), the queue is in wait_id order.
+        Behind an upgrade (always first), the queue is in wait_id order.  Snapshots taken
+        before waits had ids hold 0 here; they are numbered 1, 2, ... in queue order.
         """
         def __init__(
             self,
