@@ -36,6 +36,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _NO_HEADER = common_pb2.RequestHeader()
 # Seconds kept from a long poll's wait, out of the client's deadline, to send the answer.
 _ANSWER_MARGIN = 0.2
+# How long a woken poll leaves ready messages to the claims of this node's Consumes in
+# flight before it proposes one of its own: a claim's Consume normally ends within a
+# commit, far sooner.
+CLAIM_PATIENCE_S = 0.25
 
 
 class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
@@ -121,8 +125,10 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         what was ready.
 
         While time remains, a poll leaves the messages that this node's Consumes in flight
-        have claimed to them, and looks again once one of those is applied: one publish
-        that wakes thirty polls then costs one Consume entry, not thirty.  With no time
+        have claimed to them, and looks again once one of those is applied or more
+        messages arrive: one publish that wakes thirty polls then costs one Consume entry,
+        not thirty.  A claim whose Consume takes longer than CLAIM_PATIENCE_S (its
+        proposal lost with a leader, say) holds the poll back no longer.  With no time
         left it proposes whatever the claims say: its answer may come back empty, but it
         never leaves behind a message a claim did not take after all (a Consume answer
         stops at its byte budget).
@@ -130,16 +136,20 @@ class QueueServicer(queue_pb2_grpc.QueueServiceServicer):
         loop = asyncio.get_running_loop()
         topic = take.topic
         confirmed = False
+        patient = True
         while True:
             ready = self._queue.ready_count(topic)
             claimed = self._claims.held(topic)
             remaining = deadline - loop.time()
-            if ready > claimed or (ready and remaining <= 0):
+            if ready > claimed or (ready and (remaining <= 0 or not patient)):
                 return await self._take(take, _NO_HEADER)
             if ready:
                 # This node's own Consume, just applied here, stands for a fresh look:
-                # no read barrier is needed afterwards.
-                await self._claims.settled(topic, remaining)
+                # no read barrier is needed afterwards.  More messages may arrive
+                # meanwhile; and a claim whose Consume is slow (lost with a leader, say)
+                # holds the others back only CLAIM_PATIENCE_S.
+                with self._ctx.hub.expect(ready_key(topic)) as more:
+                    patient = await self._claims.settled(topic, min(remaining, CLAIM_PATIENCE_S), more.future)
                 confirmed = True
             elif confirmed:
                 return api.ConsumeResponse()
@@ -190,15 +200,15 @@ class _Claims:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    async def settled(self, topic: str, timeout: float) -> None:
-        """Until one of `topic`'s claims ends, or `timeout` seconds pass."""
+    async def settled(self, topic: str, timeout: float, other: asyncio.Future[object]) -> bool:
+        """Until one of `topic`'s claims ends or `other` is done (True), or `timeout`
+        seconds pass (False)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting = self._waiting.setdefault(topic, [])
         waiting.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
+            done, _ = await asyncio.wait((waiter, other), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return bool(done)
         finally:
             waiting = self._waiting.get(topic, [])
             if waiter in waiting:

@@ -44,26 +44,37 @@ def _ignore(event: object) -> None:
 
 @dataclass
 class _Session:
-    # sequence -> (result, its serialized size), in apply order
-    results: OrderedDict[int, tuple[Result, int]] = field(default_factory=OrderedDict)
+    # sequence -> (result, its serialized size), in apply order; a result dropped for its
+    # size leaves (None, 0): the write is known applied, its answer forgotten.
+    results: OrderedDict[int, tuple[Result | None, int]] = field(default_factory=OrderedDict)
     kept_bytes: int = 0  # the sizes of `results`, summed
     last_seen_ms: int = 0
-    # Highest sequence whose result was dropped.  A client's concurrent writes may commit
-    # out of sequence order, so only this watermark, not the oldest result kept, tells a
-    # new write from a retry whose answer is forgotten.
+    # Highest sequence that left `results`.  A client's concurrent writes may commit out of
+    # sequence order, so only this watermark, not the oldest result kept, tells a new
+    # write from a retry whose answer is forgotten.
     forgotten_upto: int = 0
 
     def keep(self, sequence: int, result: Result) -> None:
-        """Remember a result as the newest; forget the oldest beyond the count or the bytes."""
+        """Remember a result as the newest.  Beyond the count, the oldest leave (raising
+        the watermark); beyond the bytes, the oldest answers are dropped but their
+        sequences stay known as applied, so one large answer cannot make a client's other
+        writes in flight look forgotten, or a never-applied lower sequence look applied."""
         size = _result_bytes(result)
-        self.results[sequence] = (result, size)
-        self.kept_bytes += size
         results = self.results
-        budget = SESSION_RESULT_BYTES + size  # the newest is kept whatever its size
-        while len(results) > SESSION_RESULTS or self.kept_bytes > budget:
+        results[sequence] = (result, size)
+        self.kept_bytes += size
+        while len(results) > SESSION_RESULTS:
             dropped, (_, dropped_size) = results.popitem(last=False)
             self.kept_bytes -= dropped_size
             self.forgotten_upto = max(self.forgotten_upto, dropped)
+        budget = SESSION_RESULT_BYTES + size  # the newest is kept whatever its size
+        if self.kept_bytes > budget:
+            for older, (kept, kept_size) in results.items():
+                if older == sequence or self.kept_bytes <= budget:
+                    break
+                if kept is not None:
+                    results[older] = (None, 0)
+                    self.kept_bytes -= kept_size
 
 
 class DsyncStateMachine:
@@ -115,7 +126,8 @@ class DsyncStateMachine:
                 client_id=client_id, last_seen_ms=session.last_seen_ms, forgotten_upto=session.forgotten_upto
             )
             for sequence, (result, _) in session.results.items():
-                entry.results.add(sequence=sequence, result=_encode_result(result))
+                # A forgotten answer is a Result with no outcome.
+                entry.results.add(sequence=sequence, result=None if result is None else _encode_result(result))
         for name, component in self.components.items():
             setattr(snap, name, component.snapshot())
         return snap.SerializeToString(deterministic=True)
@@ -128,7 +140,7 @@ class DsyncStateMachine:
             session = _Session(last_seen_ms=entry.last_seen_ms, forgotten_upto=entry.forgotten_upto)
             for cached in entry.results:
                 result = _decode_result(cached.result)
-                size = _result_bytes(result)
+                size = 0 if result is None else _result_bytes(result)
                 session.results[cached.sequence] = (result, size)
                 session.kept_bytes += size
             sessions[entry.client_id] = session
@@ -172,15 +184,16 @@ class DsyncStateMachine:
         session.last_seen_ms = self.now_ms
         self._sessions[cmd.client_id] = session  # now the most recently active
         seen = session.results.get(cmd.sequence)
-        if seen is not None:
+        if seen is not None and seen[0] is not None:
             return seen[0]
-        if cmd.sequence <= session.forgotten_upto:
+        if seen is not None or cmd.sequence <= session.forgotten_upto:
+            known = "was applied, but" if seen is not None else f"is at or below {session.forgotten_upto}, and"
             return Refusal(
                 Code.FAILED_PRECONDITION,
-                f"header.sequence {cmd.sequence} is at or below {session.forgotten_upto}, whose outcome "
-                f"this client's session no longer keeps (it keeps its last {SESSION_RESULTS} results, "
-                f"{SESSION_RESULT_BYTES} bytes of them besides the newest): check whether that write "
-                "took effect by reading, and send new writes with new sequence numbers",
+                f"header.sequence {cmd.sequence} {known} this client's session no longer keeps its outcome (it "
+                f"keeps its last {SESSION_RESULTS} results, {SESSION_RESULT_BYTES} bytes of them besides the "
+                "newest): check whether that write took effect by reading, and send new writes with new "
+                "sequence numbers",
             )
         result = component.apply(getattr(cmd, op), ctx)
         session.keep(cmd.sequence, result)
@@ -212,8 +225,11 @@ def _encode_result(result: Result) -> command_pb2.Result:
     return command_pb2.Result(response=packed)
 
 
-def _decode_result(result: command_pb2.Result) -> Result:
-    if result.WhichOneof("outcome") == "error":
+def _decode_result(result: command_pb2.Result) -> Result | None:
+    outcome = result.WhichOneof("outcome")
+    if outcome is None:
+        return None  # an answer dropped for its size
+    if outcome == "error":
         return Refusal(Code(result.error.code), result.error.message)
     descriptor = descriptor_pool.Default().FindMessageTypeByName(result.response.TypeName())
     message = message_factory.GetMessageClass(descriptor)()

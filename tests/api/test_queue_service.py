@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -14,6 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from dsync.fsm.v1 import queue_pb2 as fsm_queue
 from dsync.v1 import common_pb2, queue_pb2_grpc
 from dsync.v1 import queue_pb2 as api
+from server.api import queue_service
 from server.api.queue_service import add_queue_service
 from server.fsm.base import ApplyContext, Result
 from server.fsm.queue import QueueMachine, ready_key
@@ -168,6 +170,47 @@ async def test_a_long_poll_that_missed_its_wake_up_looks_once_more_before_answer
     assert isinstance(n2_queue, QueueMachine)
     await eventually(lambda: n2_queue.ready_count("t") == 1, "n2 applies the publish")
     assert [d.raw for d in (await waits).messages] == [b"m"]
+
+
+@asynccontextmanager
+async def a_lost_consume() -> AsyncIterator[tuple[ServiceCluster, NodeId, NodeId]]:
+    """A cluster (leader, follower) where m0 is ready on the follower and a Consume of it,
+    proposed there while cut off, was lost on its way to the leader: it fails only after
+    two (slow) election timeouts, and until then it claims m0."""
+    async with service_cluster(
+        register=[add_queue_service], components=lambda: {"queue": QueueMachine()}, election_ticks=200
+    ) as cluster:
+        leader = (await cluster.raft.leader()).id
+        follower = next(nid for nid in cluster.raft.ids if nid != leader)
+        await publish(queue(cluster, leader), "t", b"m0")
+        on_follower = cluster.machine(follower).components["queue"]
+        assert isinstance(on_follower, QueueMachine)
+        await eventually(lambda: on_follower.ready_count("t") == 1, "the follower applies the publish")
+        cluster.raft.partition([follower], [nid for nid in cluster.raft.ids if nid != follower])
+        lost = poll(queue(cluster, follower), "t", "lost", wait=0)
+        replica = cluster.raft.replica(follower)
+        await eventually(lambda: replica.status()["pending_proposals"] == 1, "the lost Consume is in flight")
+        cluster.raft.heal()
+        try:
+            yield cluster, leader, follower
+        finally:
+            lost.cancel()
+
+
+async def test_a_consume_lost_with_its_leader_holds_other_polls_back_only_briefly() -> None:
+    async with a_lost_consume() as (cluster, _, follower):
+        got = await asyncio.wait_for(poll(queue(cluster, follower), "t", "p", wait=10), 2.5)
+        assert [d.raw for d in got.messages] == [b"m0"]
+
+
+async def test_a_poll_waiting_on_a_claim_takes_messages_published_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_service, "CLAIM_PATIENCE_S", 60.0)  # only the new message may wake it
+    async with a_lost_consume() as (cluster, leader, follower):
+        waits = poll(queue(cluster, follower), "t", "p", wait=10)
+        await waiting(cluster, follower, "t")
+        await publish(queue(cluster, leader), "t", b"m1")
+        got = await asyncio.wait_for(waits, 2.5)
+        assert [d.raw for d in got.messages] in ([b"m0"], [b"m1"])
 
 
 class CountingQueue(QueueMachine):

@@ -98,6 +98,26 @@ def test_refusals_are_remembered_too_and_forgotten_sequences_are_refused() -> No
     assert "header.sequence" in stale.message
 
 
+def test_an_answer_dropped_for_its_size_leaves_the_sessions_other_writes_as_they_were() -> None:
+    """One large answer pushed out by the next one must not make a lower sequence still in
+    flight look forgotten: it is applied when it arrives, and only the large one's retry is
+    refused."""
+    fsm, counter = machine()
+    fsm.apply(1, cmd(b"bytes:%d" % (SESSION_RESULT_BYTES + 10), client="c", seq=2))
+    fsm.apply(2, cmd(b"bytes:1", client="c", seq=3))
+    late = fsm.apply(3, cmd(b"bytes:1", client="c", seq=1))  # sent first, committed last
+    assert late == wrappers_pb2.BytesValue(value=b"3") and counter.count == 3  # the third apply
+    copy, _ = machine()
+    restore(copy, fsm.snapshot())
+    assert copy.snapshot() == fsm.snapshot()
+    for replica in (fsm, copy):
+        retry = replica.apply(4, cmd(b"bytes:1", client="c", seq=2))
+        assert isinstance(retry, Refusal) and retry.code is Code.FAILED_PRECONDITION
+        assert "header.sequence 2 was applied, but" in retry.message and "no longer keeps" in retry.message
+        assert replica.apply(5, cmd(b"bytes:1", client="c", seq=3)) == wrappers_pb2.BytesValue(value=b"2")
+    assert counter.count == 3
+
+
 def test_a_session_keeps_a_bounded_number_of_bytes_but_always_its_newest_result() -> None:
     fsm, counter = machine()
     quarter = SESSION_RESULT_BYTES // 4
