@@ -14,7 +14,7 @@ from . import lock_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, LockLost, NotHeld
 from .lock_ops import Grant, Mode
-from .locks import answered_in_time, block_owner, late_confirmation, lost_before_start
+from .locks import answered_in_time, block_owner, late_confirmation, lost_before_start, same_hold
 from .retry import check_seconds
 
 log = logging.getLogger("dsync_client")
@@ -83,7 +83,7 @@ class AsyncLockContext:
         sent = time.monotonic()
         op = lock_ops.refresh(self._resource, self._owner, self._ttl)
         try:
-            held.grant = await self._t.run(op, timeout=self._ttl / 3)
+            held.grant = same_hold(held.token, await self._t.run(op, timeout=self._ttl / 3))
         except DsyncError as error:
             held.lost.set()
             raise lost_before_start(self._resource, held.token, error.message) from error
@@ -126,7 +126,7 @@ class AsyncLockContext:
                 if remaining <= 0:
                     raise DsyncError(f"no refresh got through within the {self._ttl}s lease")
                 op = lock_ops.refresh(self._resource, self._owner, self._ttl)
-                held.grant = await self._t.run(op, timeout=remaining)
+                held.grant = same_hold(held.token, await self._t.run(op, timeout=remaining))
             except DsyncError as error:
                 log.warning("lost the lock on %r (token %d): %s", self._resource, held.token, error)
                 held.lost.set()

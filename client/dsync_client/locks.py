@@ -49,6 +49,15 @@ def late_confirmation(sent: float, ttl: float) -> str | None:
     return f"confirming it took over a third of its {ttl:g}s ttl"
 
 
+def same_hold(token: int, renewal: Grant) -> Grant:
+    """`renewal` if it renewed the hold with fencing token `token`.  Another token means
+    the owner now holds under another grant (the server refuses that too; this guards the
+    block's token against any answer that is not its own hold's)."""
+    if renewal.token != token:
+        raise DsyncError(f"a refresh answered for token {renewal.token}, not this block's {token}")
+    return renewal
+
+
 def lost_before_start(resource: str, token: int, why: str) -> LockLost:
     return LockLost(
         f"the lease on {resource!r} (token {token}) may have ended before the block could start ({why}); "
@@ -128,7 +137,8 @@ class LockContext:
         counts from.  LockLost if it ended, could not be confirmed, or was confirmed too late."""
         sent = time.monotonic()
         try:
-            held.grant = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl / 3)
+            renewal = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl / 3)
+            held.grant = same_hold(held.token, renewal)
         except DsyncError as error:
             held.lost.set()
             raise lost_before_start(self._resource, held.token, error.message) from error
@@ -169,7 +179,7 @@ class LockContext:
                 if remaining <= 0:
                     raise DsyncError(f"no refresh got through within the {self._ttl}s lease")
                 op = lock_ops.refresh(self._resource, self._owner, self._ttl)
-                held.grant = self._t.run(op, timeout=remaining)
+                held.grant = same_hold(held.token, self._t.run(op, timeout=remaining))
             except DsyncError as error:
                 log.warning("lost the lock on %r (token %d): %s", self._resource, held.token, error)
                 held.lost.set()

@@ -29,7 +29,7 @@ SUFFIX_BYTES = 8
 
 def new_client_id() -> str:
     """Unique per Client instance, and readable in lock listings: host, process, random."""
-    host = socket.gethostname()[:64]
+    host = socket.gethostname().replace(SESSION_MARK, "-")[:64]  # a host name may hold '#'
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 

@@ -143,16 +143,17 @@ class LockServicer(lock_pb2_grpc.LockServiceServicer):
         return held
 
     def _still_renewed(self, renewed: lock_pb2.RefreshResponse) -> lock_pb2.RefreshResponse:
-        """The owner's hold, as it stands now.  A retry answered from the client's session
+        """The renewed lease, as it stands now.  A retry answered from the client's session
         carries the first attempt's answer, whose lease may have ended since (and the lock
-        moved on): never report that one as renewed.  The hold may also have changed token
-        since -- an upgrade granted, say -- and then the answer names the current one."""
+        moved on): never report that one as renewed, nor a later hold of the same owner's
+        (an upgrade, a new Acquire) in its place -- its lease is not the one renewed."""
         held = self._locks.holding(renewed.resource, renewed.owner, Mode.SHARED, self._now_ms)
-        if held is None:
+        if held is None or held.fencing_token != renewed.fencing_token:
+            now = "holds nothing" if held is None else f"holds it under token {held.fencing_token}"
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"the lease of {renewed.resource!r} this request renewed (token {renewed.fencing_token}) has "
-                f"ended since, and {renewed.owner} does not hold it now: acquire it again",
+                f"the hold of {renewed.resource!r} this request renewed (token {renewed.fencing_token}) has "
+                f"ended since, and {renewed.owner} {now}: refresh the hold you have, or acquire again",
             )
         return lock_views.renewal(held)
 

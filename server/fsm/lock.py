@@ -249,7 +249,7 @@ class LockMachine:
         """Whether that very wait (not just some wait of the owner's) is still queued."""
         lock = self._locks.get(resource)
         waiter = lock.waiter(owner) if lock is not None else None
-        return waiter is not None and waiter.wait_id == wait_id
+        return waiter is not None and waiter.is_wait(wait_id)
 
     # ------------------------------------------------------------------ commands
 
@@ -359,8 +359,7 @@ class LockMachine:
             return refusal
         lock = self._locks.get(req.resource)
         waiter = lock.waiter(req.owner) if lock is not None else None
-        # wait_id 0: a Withdraw logged before waits had ids, which ended the owner's wait.
-        if lock is not None and waiter is not None and req.wait_id in (0, waiter.wait_id):
+        if lock is not None and waiter is not None and waiter.is_wait(req.wait_id):
             message = (
                 f"no grant of {req.resource!r} within the timeout (cluster time stalled: was no leader "
                 f"elected?); it is {lock.describe_holders(ctx.now_ms)}"

@@ -57,6 +57,16 @@ class Waiter:
     wait_id: int  # the log index of the entry that queued it: this wait's identity
     upgrade: bool = False  # a shared holder waiting for exclusive: always first in line
     started: bool = False
+    # Queued before waits had ids, and restored from a snapshot of then: `wait_id` only
+    # orders it.  Another replica that replayed the entry instead knows its real index, so
+    # such a wait answers to any id (an owner has one wait per resource) and is written
+    # back without one.
+    legacy: bool = False
+
+    def is_wait(self, wait_id: int) -> bool:
+        """Whether `wait_id` names this wait; 0 (a Queued outcome or Withdraw from before
+        waits had ids) names the owner's wait, whichever it is."""
+        return self.legacy or wait_id in (0, self.wait_id)
 
     @property
     def rank(self) -> int:
@@ -172,7 +182,7 @@ def encode(locks: dict[str, Lock], last_token: int) -> bytes:
                 deadline_ms=w.deadline_ms,
                 upgrade=w.upgrade,
                 started=w.started,
-                wait_id=w.wait_id,
+                wait_id=0 if w.legacy else w.wait_id,
             )
     return snap.SerializeToString(deterministic=True)
 
@@ -186,14 +196,22 @@ def decode(data: bytes) -> tuple[dict[str, Lock], int]:
             lock = Lock(mode=Mode(entry.mode))
             for h in entry.holders:
                 lock.holders[h.owner] = Holder(h.owner, h.fencing_token, h.ttl_ms, h.expires_ms, h.started)
-            # Snapshots taken before waits had ids list none: number them in queue order.
-            # Each wait took a log entry at or before the snapshot, so every later wait's id
-            # (its own entry's index) is higher.
+            # Snapshots taken before waits had ids list none: their waits are `legacy`,
+            # ordered 1, 2, ... as queued.  Each took a log entry at or before the
+            # snapshot, so every later wait's id (its own entry's index) is higher.
             unnumbered = all(w.wait_id == 0 for w in entry.waiters)
             for position, w in enumerate(entry.waiters, start=1):
                 wait_id = position if unnumbered else w.wait_id
                 waiter = Waiter(
-                    w.owner, Mode(w.mode), w.ttl_ms, w.timeout_ms, w.deadline_ms, wait_id, w.upgrade, w.started
+                    w.owner,
+                    Mode(w.mode),
+                    w.ttl_ms,
+                    w.timeout_ms,
+                    w.deadline_ms,
+                    wait_id,
+                    w.upgrade,
+                    w.started,
+                    legacy=unnumbered,
                 )
                 if wait_id == 0 or (lock.waiters and lock.waiters[-1].rank >= waiter.rank):
                     raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {wait_id}, out of order")

@@ -479,10 +479,10 @@ async def test_a_retried_acquire_whose_wait_ended_is_answered_from_the_machine(c
     assert error.code() == grpc.StatusCode.ABORTED and "already ended" in (error.details() or "")
 
 
-async def test_a_retried_refresh_after_an_upgrade_reports_the_hold_under_its_new_token(
+async def test_a_retried_refresh_after_an_upgrade_names_the_hold_that_replaced_the_renewed_one(
     cluster: ServiceCluster,
 ) -> None:
-    """An upgrade grants a new token: the lease goes on, so the retry must not say it ended."""
+    """The upgrade's grant is a new hold with a new token and lease: not the one renewed."""
     leader, followers = await roles(cluster)
     lock = stub(cluster, leader)
     await lock.Acquire(acquire("up", "o", mode=SHARED))
@@ -494,10 +494,12 @@ async def test_a_retried_refresh_after_an_upgrade_reports_the_hold_under_its_new
     first = await lock.Refresh(request)
     await lock.Release(lock_pb2.ReleaseRequest(resource="up", owner="p"))
     upgraded = await asyncio.wait_for(upgrade, 10)
-    assert upgraded.fencing_token > first.fencing_token
     await eventually(lambda: locks_of(cluster, followers[0]).holding("up", "o", Mode.EXCLUSIVE, 0), "the upgrade applied")
-    again = await stub(cluster, followers[0]).Refresh(request)
-    assert (again.mode, again.fencing_token) == (EXCLUSIVE, upgraded.fencing_token)
+    error = await rpc_error(stub(cluster, followers[0]).Refresh(request))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"(token {first.fencing_token}) has ended since, and o holds it under token {upgraded.fencing_token}" in (
+        error.details() or ""
+    )
 
 
 async def test_a_retried_refresh_never_reports_a_renewal_of_a_lease_that_ended_since(cluster: ServiceCluster) -> None:
@@ -514,6 +516,6 @@ async def test_a_retried_refresh_never_reports_a_renewal_of_a_lease_that_ended_s
     bob = await stub(cluster, leader).Acquire(acquire("stale", "bob"))
     error = await rpc_error(stub(cluster, followers[0]).Refresh(request))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"(token {granted.fencing_token}) has ended since" in (error.details() or "")
+    assert f"(token {granted.fencing_token}) has ended since, and alice holds nothing" in (error.details() or "")
     check = lock_pb2.ValidateRequest(resource="stale", owner="bob", fencing_token=bob.fencing_token)
     assert (await stub(cluster, leader).Validate(check)).valid

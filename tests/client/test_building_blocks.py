@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import threading
 
 import grpc
@@ -15,6 +16,7 @@ from dsync.v1 import common_pb2, lock_pb2
 from dsync_client import Client, cache_ops, cluster_ops, errors, lock_ops, queue_ops
 from dsync_client.cli_output import Exit, exit_code
 from dsync_client.endpoints import SUSPECT_S, Endpoints, parse_endpoints
+from dsync_client.locks import same_hold
 from dsync_client.queue_ops import nack_delay
 from dsync_client.retry import Attempts, RetryPolicy
 from dsync_client.session import SessionPool
@@ -183,6 +185,18 @@ def test_writes_in_flight_together_never_share_a_session_and_free_sessions_are_r
         SessionPool("x" * 121)
     with pytest.raises(ValueError, match="may not contain '#'"):
         SessionPool("foo#1")  # it would share the sessions of a client named foo
+
+
+def test_a_client_on_a_host_whose_name_holds_the_session_mark_still_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "ci#runner-3")
+    assert SessionPool().client_id.startswith("ci-runner-3-")
+
+
+def test_a_refresh_answered_for_another_token_is_not_taken_as_the_blocks_renewal() -> None:
+    renewal = lock_ops.Grant("r", "o", "exclusive", token=9, ttl=1.0, expires_in=1.0)
+    assert same_hold(9, renewal) is renewal
+    with pytest.raises(errors.DsyncError, match="token 9, not this block's 7"):
+        same_hold(7, renewal)
 
 
 def test_an_outcome_unknown_exits_6_like_an_unavailable_cluster() -> None:

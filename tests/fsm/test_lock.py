@@ -611,19 +611,34 @@ def test_a_snapshot_whose_queue_is_not_in_wait_id_order_is_refused(wait_ids: tup
         restore(LockMachine(), snap.SerializeToString())
 
 
-def test_a_snapshot_taken_before_waits_had_ids_numbers_its_queues_in_order() -> None:
-    snap = fsm_lock_pb2.LockSnapshot(last_token=1)
-    entry = snap.locks.add(resource="r", mode=lock_pb2.LOCK_MODE_EXCLUSIVE)
-    entry.holders.add(owner="h", fencing_token=1, ttl_ms=60_000, expires_ms=60_000, started=True)
-    for owner in ("a", "b"):
-        entry.waiters.add(owner=owner, mode=lock_pb2.LOCK_MODE_EXCLUSIVE, timeout_ms=60_000, deadline_ms=60_000)
-    log = Log()
-    restore(log.machine, snap.SerializeToString())
-    assert log.waiters("r") == ["a", "b"]
-    assert log.machine.wait_queued("r", "a", 1) and log.machine.wait_queued("r", "b", 2)
-    log.index = 10
-    later = log.wait(acquire("r", "c", timeout_ms=5_000))
-    assert later.wait_id > 2 and log.waiters("r") == ["a", "b", "c"]
+def _without_wait_ids(snapshot: bytes) -> bytes:
+    """The snapshot as the code before waits had ids wrote it."""
+    snap = fsm_lock_pb2.LockSnapshot.FromString(snapshot)
+    for entry in snap.locks:
+        for w in entry.waiters:
+            w.ClearField("wait_id")
+    return snap.SerializeToString(deterministic=True)
+
+
+def test_a_wait_restored_without_an_id_behaves_as_on_a_replica_that_replayed_it() -> None:
+    """One replica restores a snapshot of before waits had ids; another replayed the same
+    entries and knows the wait's real index.  Whichever id a Withdraw or an RPC names, both
+    must end or keep the same wait, and grant the same locks afterwards."""
+    replayed = Log()
+    replayed.grant(acquire("r", "h", ttl_ms=60_000))
+    replayed.run(acquire("s", "x"))
+    real_id = replayed.wait(acquire("r", "w", timeout_ms=60_000)).wait_id
+    restored = Log(index=replayed.index, now_ms=replayed.now_ms)
+    restore(restored.machine, _without_wait_ids(replayed.machine.snapshot()))
+    assert restored.machine.snapshot() == _without_wait_ids(replayed.machine.snapshot())  # still without ids
+    for log in (replayed, restored):
+        assert log.machine.wait_queued("r", "w", real_id) and log.machine.wait_queued("r", "w", 0)
+    later = {id(log): log.wait(acquire("r", "v", timeout_ms=60_000)).wait_id for log in (replayed, restored)}
+    assert len(set(later.values())) == 1 and real_id < next(iter(later.values()))  # queued behind, same id
+    for log in (replayed, restored):
+        log.refused(withdraw("r", "w", real_id), Code.ABORTED)
+        log.run(release("r", "h"))
+    assert replayed.holders("r") == restored.holders("r") == ["v"]
 
 
 def test_a_withdraw_logged_before_waits_had_ids_ends_the_owners_wait() -> None:

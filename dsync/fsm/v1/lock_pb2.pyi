@@ -302,7 +302,7 @@ class LockSnapshot(_message.Message):
         wait_id: _builtins.int
         """The log index of the entry that queued it (LockAcquireOutcome.Queued.wait_id).
         Behind an upgrade (always first), the queue is in wait_id order.  Snapshots taken
-        before waits had ids hold 0 here; they are numbered 1, 2, ... in queue order.
+        before waits had ids hold 0 here: such a wait answers to any id.
         """
         def __init__(
             self,
