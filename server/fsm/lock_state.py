@@ -196,11 +196,11 @@ def decode(data: bytes) -> tuple[dict[str, Lock], int]:
             lock = Lock(mode=Mode(entry.mode))
             for h in entry.holders:
                 lock.holders[h.owner] = Holder(h.owner, h.fencing_token, h.ttl_ms, h.expires_ms, h.started)
-            # Snapshots taken before waits had ids list none: their waits are `legacy`,
-            # ordered 1, 2, ... as queued.  Each took a log entry at or before the
-            # snapshot, so every later wait's id (its own entry's index) is higher.
-            unnumbered = all(w.wait_id == 0 for w in entry.waiters)
+            # A wait queued before waits had ids is written without one: it is `legacy`,
+            # ranked by its place in the queue.  It took a log entry at or before the
+            # snapshot, so every wait queued after it (its own entry's index) ranks higher.
             for position, w in enumerate(entry.waiters, start=1):
+                unnumbered = w.wait_id == 0
                 wait_id = position if unnumbered else w.wait_id
                 waiter = Waiter(
                     w.owner,

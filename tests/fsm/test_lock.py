@@ -599,7 +599,7 @@ def test_a_corrupt_snapshot_is_refused() -> None:
         restore(LockMachine(), b"\xff\xff\xff")
 
 
-@pytest.mark.parametrize("wait_ids", [(0, 7), (7, 7), (8, 7)])
+@pytest.mark.parametrize("wait_ids", [(7, 0), (7, 7), (8, 7)])  # (7, 0): a legacy wait behind a later one
 def test_a_snapshot_whose_queue_is_not_in_wait_id_order_is_refused(wait_ids: tuple[int, int]) -> None:
     """The machine finds requests in its queues by their order, which only wait ids give."""
     snap = fsm_lock_pb2.LockSnapshot(last_token=1)
@@ -639,6 +639,21 @@ def test_a_wait_restored_without_an_id_behaves_as_on_a_replica_that_replayed_it(
         log.refused(withdraw("r", "w", real_id), Code.ABORTED)
         log.run(release("r", "h"))
     assert replayed.holders("r") == restored.holders("r") == ["v"]
+
+
+def test_a_snapshot_with_legacy_waits_and_later_ones_behind_them_restores() -> None:
+    replayed = Log()
+    replayed.grant(acquire("r", "h", ttl_ms=60_000))
+    replayed.wait(acquire("r", "w", timeout_ms=60_000))
+    restored = Log(index=replayed.index, now_ms=replayed.now_ms)
+    restore(restored.machine, _without_wait_ids(replayed.machine.snapshot()))
+    later = restored.wait(acquire("r", "v", timeout_ms=60_000)).wait_id
+    again = Log(index=restored.index, now_ms=restored.now_ms)
+    restore(again.machine, restored.machine.snapshot())  # w still without an id, v with its own
+    assert again.machine.snapshot() == restored.machine.snapshot() and again.waiters("r") == ["w", "v"]
+    assert again.machine.wait_queued("r", "v", later) and not again.machine.wait_queued("r", "v", later + 1)
+    again.run(release("r", "h"))
+    assert again.holders("r") == ["w"]
 
 
 def test_a_withdraw_logged_before_waits_had_ids_ends_the_owners_wait() -> None:
