@@ -57,22 +57,22 @@ class Waiter:
     wait_id: int  # the log index of the entry that queued it: this wait's identity
     upgrade: bool = False  # a shared holder waiting for exclusive: always first in line
     started: bool = False
-    # Queued before waits had ids, and restored from a snapshot of then: `wait_id` only
-    # orders it.  Another replica that replayed the entry instead knows its real index, so
-    # such a wait answers to any id (an owner has one wait per resource) and is written
-    # back without one.
-    legacy: bool = False
+    # A wait queued before waits had ids, restored from a snapshot of then, has wait_id 0
+    # and ranks by its place in the queue at the restore.  Another replica that replayed
+    # its entry knows the real index, so such a wait answers to any id (an owner has one
+    # wait per resource), and names itself 0 in outcomes, events and snapshots.
+    legacy_rank: int = 0
 
     def is_wait(self, wait_id: int) -> bool:
-        """Whether `wait_id` names this wait; 0 (a Queued outcome or Withdraw from before
-        waits had ids) names the owner's wait, whichever it is."""
-        return self.legacy or wait_id in (0, self.wait_id)
+        """Whether `wait_id` names this wait; 0 (from before waits had ids) names the
+        owner's wait, whichever it is."""
+        return self.wait_id == 0 or wait_id in (0, self.wait_id)
 
     @property
     def rank(self) -> int:
         """Its place in the queue as a number: an upgrade (at most one per lock, see
         LockMachine) comes first, everyone else in arrival order, which is log order."""
-        return 0 if self.upgrade else self.wait_id
+        return 0 if self.upgrade else self.wait_id or self.legacy_rank
 
 
 def _rank(waiter: Waiter) -> int:
@@ -182,7 +182,7 @@ def encode(locks: dict[str, Lock], last_token: int) -> bytes:
                 deadline_ms=w.deadline_ms,
                 upgrade=w.upgrade,
                 started=w.started,
-                wait_id=0 if w.legacy else w.wait_id,
+                wait_id=w.wait_id,
             )
     return snap.SerializeToString(deterministic=True)
 
@@ -196,25 +196,23 @@ def decode(data: bytes) -> tuple[dict[str, Lock], int]:
             lock = Lock(mode=Mode(entry.mode))
             for h in entry.holders:
                 lock.holders[h.owner] = Holder(h.owner, h.fencing_token, h.ttl_ms, h.expires_ms, h.started)
-            # A wait queued before waits had ids is written without one: it is `legacy`,
-            # ranked by its place in the queue.  It took a log entry at or before the
+            # A wait queued before waits had ids is written without one (wait_id 0) and
+            # ranks by its place in the queue (`legacy_rank`).  It took a log entry at or before the
             # snapshot, so every wait queued after it (its own entry's index) ranks higher.
             for position, w in enumerate(entry.waiters, start=1):
-                unnumbered = w.wait_id == 0
-                wait_id = position if unnumbered else w.wait_id
                 waiter = Waiter(
                     w.owner,
                     Mode(w.mode),
                     w.ttl_ms,
                     w.timeout_ms,
                     w.deadline_ms,
-                    wait_id,
+                    w.wait_id,
                     w.upgrade,
                     w.started,
-                    legacy=unnumbered,
+                    legacy_rank=0 if w.wait_id else position,
                 )
-                if wait_id == 0 or (lock.waiters and lock.waiters[-1].rank >= waiter.rank):
-                    raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {wait_id}, out of order")
+                if lock.waiters and lock.waiters[-1].rank >= waiter.rank:
+                    raise ValueError(f"{entry.resource!r}: waiter {w.owner} has wait id {w.wait_id}, out of order")
                 lock.enqueue(waiter)
             locks[entry.resource] = lock
     except (DecodeError, ValueError) as exc:  # ValueError: a mode or a queue no dsync writes

@@ -620,7 +620,8 @@ def _without_wait_ids(snapshot: bytes) -> bytes:
     return snap.SerializeToString(deterministic=True)
 
 
-def test_a_wait_restored_without_an_id_behaves_as_on_a_replica_that_replayed_it() -> None:
+@pytest.mark.parametrize("named", ["real id", "restored id"])
+def test_a_wait_restored_without_an_id_behaves_as_on_a_replica_that_replayed_it(named: str) -> None:
     """One replica restores a snapshot of before waits had ids; another replayed the same
     entries and knows the wait's real index.  Whichever id a Withdraw or an RPC names, both
     must end or keep the same wait, and grant the same locks afterwards."""
@@ -633,10 +634,14 @@ def test_a_wait_restored_without_an_id_behaves_as_on_a_replica_that_replayed_it(
     assert restored.machine.snapshot() == _without_wait_ids(replayed.machine.snapshot())  # still without ids
     for log in (replayed, restored):
         assert log.machine.wait_queued("r", "w", real_id) and log.machine.wait_queued("r", "w", 0)
+    # Asking again joins the wait; each replica names it as it knows it, and a Withdraw
+    # from either names the same wait on both.
+    rejoined = [log.wait(acquire("r", "w", timeout_ms=60_000)).wait_id for log in (replayed, restored)]
+    assert rejoined == [real_id, 0]
     later = {id(log): log.wait(acquire("r", "v", timeout_ms=60_000)).wait_id for log in (replayed, restored)}
     assert len(set(later.values())) == 1 and real_id < next(iter(later.values()))  # queued behind, same id
     for log in (replayed, restored):
-        log.refused(withdraw("r", "w", real_id), Code.ABORTED)
+        log.refused(withdraw("r", "w", real_id if named == "real id" else 0), Code.ABORTED)
         log.run(release("r", "h"))
     assert replayed.holders("r") == restored.holders("r") == ["v"]
 
