@@ -28,13 +28,16 @@ async def _run(cfg: config.NodeConfig) -> None:
 
 
 def main() -> None:
-    load_dotenv(os.environ.get("DOTENV", ".env"), override=False)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        load_dotenv(os.environ.get("DOTENV", ".env"), override=False)
+        level = os.environ.get("LOG_LEVEL", "INFO").strip().upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise config.ConfigError(f"LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         cfg = config.load()
+    except UnicodeDecodeError as exc:
+        print(f"dsync: configuration error: the .env file is not UTF-8 text ({exc})", file=sys.stderr)
+        sys.exit(2)
     except config.ConfigError as exc:
         print(f"dsync: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)

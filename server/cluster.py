@@ -238,8 +238,17 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await cluster.start()
+    electing = asyncio.ensure_future(cluster.wait_for_leader(args.timeout))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((electing, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not electing.done():  # Ctrl-C or SIGTERM while the nodes were still starting
+        electing.cancel()
+        print("stopping the cluster before it came up ...")
+        await cluster.stop()
+        return 130
     try:
-        leader = await cluster.wait_for_leader(args.timeout)
+        leader = electing.result()
     except (TimeoutError, RuntimeError) as exc:
         print(f"dsync cluster did not come up: {exc}", file=sys.stderr)
         await cluster.stop()

@@ -88,7 +88,10 @@ class NodeConfig:
 def parse_member_url(url: str, what: str) -> tuple[str, int]:
     """`http://host:port`, `grpc://host:port` or `host:port` -> (host, port)."""
     raw = url.strip()
-    parts = urlsplit(raw if "://" in raw else f"grpc://{raw}")
+    try:
+        parts = urlsplit(raw if "://" in raw else f"grpc://{raw}")
+    except ValueError as exc:  # an unclosed [IPv6 bracket, say
+        raise ConfigError(f"{what}: {url!r} is not a peer URL ({exc}); write it as http://HOST:GRPC_PORT") from None
     if parts.scheme not in ("http", "grpc") or not parts.hostname or parts.path not in ("", "/"):
         raise ConfigError(f"{what}: {url!r} is not a peer URL; write it as http://HOST:GRPC_PORT")
     try:
@@ -123,13 +126,35 @@ def _name(value: str, what: str) -> str:
     return name
 
 
+def _redis_url(raw: str) -> str | None:
+    """None: start a private redis-server.  Otherwise a URL redis-py can open."""
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("redis", "rediss", "unix") or port == -1 or (parts.scheme != "unix" and not parts.hostname):
+        raise ConfigError(
+            f"REDIS_URL={raw!r} is not a Redis URL: write redis://HOST:PORT[/DB] (or unix:///PATH), "
+            "or leave it unset for a private redis-server"
+        )
+    return raw
+
+
+def _whole(raw: str) -> bool:
+    """Digits 0-9 only: str.isdigit also takes '²', which int() refuses."""
+    return raw.isascii() and raw.isdecimal()
+
+
 def _port(env: Mapping[str, str], key: str, default: int | None) -> int:
     raw = env.get(key, "").strip()
     if not raw:
         if default is None:
             raise ConfigError(f"{key} is not set")
         return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not _whole(raw) or not 0 < int(raw) < 65536:
         raise ConfigError(f"{key}={raw!r} is not a TCP port (1-65535)")
     return int(raw)
 
@@ -138,7 +163,7 @@ def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) ->
     raw = env.get(key, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _whole(raw) or not low <= int(raw) <= high:
         raise ConfigError(f"{key}={raw!r} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -205,7 +230,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
     quorum_raw = env.get("QUORUM", "").strip()
     if quorum_raw:
         need = majority(len(members))
-        if not quorum_raw.isdigit() or int(quorum_raw) != need:
+        if not _whole(quorum_raw) or int(quorum_raw) != need:
             raise ConfigError(
                 f"QUORUM={quorum_raw!r} but {len(members)} members make a majority of {need}; "
                 f"Raft's quorum is always the majority: set QUORUM={need} or leave it unset"
@@ -228,7 +253,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
         grpc_port=grpc_port,
         http_port=http_port,
         metrics_port=metrics_port,
-        redis_url=env.get("REDIS_URL", "").strip() or None,
+        redis_url=_redis_url(env.get("REDIS_URL", "").strip()),
         data_dir=Path(env.get("DATA_DIR", "").strip() or f".data/{node_id}"),
         cluster=_name(env.get("CLUSTER_NAME", "dsync"), "CLUSTER_NAME"),
         appendfsync=appendfsync,

@@ -38,7 +38,8 @@ class GrpcTransport:
     whole cluster's directory can be passed.  Backoff is in seconds: after a failure
     the sender waits `connect_backoff_base`, doubling to `connect_backoff_max`, with
     jitter.  `connect_timeout` bounds one connection attempt; `write_timeout` bounds
-    one write, after which the peer counts as unreachable.
+    one write, after which the peer counts as unreachable.  `cluster` names this node's
+    cluster on every stream, for the receiver to check.
     """
 
     def __init__(
@@ -53,9 +54,11 @@ class GrpcTransport:
         write_timeout: float = 5.0,
         max_batch_messages: int = 256,
         max_batch_bytes: int = 4 << 20,
+        cluster: str = "",
         rng: random.Random | None = None,
     ) -> None:
         settings = LinkSettings(
+            cluster=cluster,
             max_queue=max_queue,
             max_batch_messages=max_batch_messages,
             max_batch_bytes=max_batch_bytes,

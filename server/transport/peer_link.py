@@ -18,7 +18,14 @@ from server.raft.types import Message, NodeId
 from server.transport.backoff import Backoff
 from server.transport.log_limit import RateLimitedLog
 from server.transport.snapshot_chunks import split
-from server.transport.wire import FRAME_OVERHEAD, MAX_MESSAGE_BYTES, STREAM_METHOD, channel_options, frame_batch
+from server.transport.wire import (
+    CLUSTER_METADATA,
+    FRAME_OVERHEAD,
+    MAX_MESSAGE_BYTES,
+    STREAM_METHOD,
+    channel_options,
+    frame_batch,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ class LinkSettings:
     connect_timeout: float = 2.0
     backoff_base: float = 0.02
     backoff_max: float = 1.0
+    cluster: str = ""  # named on every stream (wire.CLUSTER_METADATA); receivers of another refuse it
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -177,7 +185,7 @@ class PeerLink:
         There is no deadline on the call itself, which lives as long as the peer does;
         each write has one instead, so a peer that stops reading is given up on.
         """
-        call = open_stream(wait_for_ready=False)
+        call = open_stream(wait_for_ready=False, metadata=((CLUSTER_METADATA, self._settings.cluster),))
         call.add_done_callback(self._on_call_done)
         write_timeout = self._settings.write_timeout
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +18,27 @@ from server.raft.types import Message, NodeId
 from server.transport.log_limit import RateLimitedLog
 from server.transport.protocols import Inbox
 from server.transport.snapshot_chunks import SnapshotAssembler
-from server.transport.wire import RAFT_SERVICE
+from server.transport.wire import CLUSTER_METADATA, RAFT_SERVICE
 
 _log = logging.getLogger(__name__)
 
 _EMPTY_RESPONSE = pb.StreamResponse().SerializeToString()
+
+# Terms and indexes a peer may name.  Real ones grow by one per election or entry and
+# never come near it; a forged one near 2**64 would be adopted and saved, and the next
+# term (2**64) could not be encoded: no election could ever succeed again.
+MAX_PEER_NUMBER = (1 << 63) - 1
+
+
+def _out_of_range(message: Message) -> bool:
+    numbers = [message.term, message.index, message.log_term, message.commit, message.conflict_index]
+    numbers.append(message.conflict_term)
+    if message.entries:
+        numbers.append(message.entries[-1].index)
+        numbers.extend(entry.term for entry in message.entries)
+    if message.snapshot is not None:
+        numbers += (message.snapshot.meta.index, message.snapshot.meta.term)
+    return max(numbers) > MAX_PEER_NUMBER
 
 
 @dataclass(slots=True)
@@ -33,6 +49,8 @@ class ReceiveStats:
     messages: int = 0  # messages handed to the inbox
     malformed: int = 0  # messages (or whole batches) that could not be decoded
     misaddressed: int = 0  # messages for another node: a peer has a wrong address map
+    strangers: int = 0  # messages from no member of this cluster
+    foreign_streams: int = 0  # streams refused because they named another cluster
 
 
 class RaftPeerServicer:
@@ -41,13 +59,21 @@ class RaftPeerServicer:
     Input from the network is not trusted to be well formed: an undecodable batch or
     message is counted, logged (rate-limited per peer and kind of fault), and skipped,
     and the stream goes on.  Messages for another node are dropped the same way; they
-    mean some peer's address map points at the wrong node.  An inbox that raises ends
-    the stream with an error; the peer's sender counts that as an outage and reopens it.
+    mean some peer's address map points at the wrong node.  So are messages from a
+    sender outside `members` (None: anyone), which would otherwise reach the core and
+    the per-peer bookkeeping under any name.  A stream that names another cluster than
+    `cluster` (wire.CLUSTER_METADATA) is refused whole: a node of another cluster may
+    well share a member's name.  An inbox that raises ends the stream with an error; the
+    peer's sender counts that as an outage and reopens it.
     """
 
-    def __init__(self, inbox: Inbox, self_id: NodeId) -> None:
+    def __init__(
+        self, inbox: Inbox, self_id: NodeId, *, cluster: str = "", members: Collection[NodeId] | None = None
+    ) -> None:
         self._inbox = inbox
         self._self_id = self_id
+        self._cluster = cluster
+        self._members = None if members is None else frozenset(members)
         self._last_contact: dict[NodeId, float] = {}
         self._faults = RateLimitedLog(_log)
         self.stats = ReceiveStats()
@@ -60,6 +86,20 @@ class RaftPeerServicer:
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         address = context.peer()
+        named = dict(context.invocation_metadata() or ()).get(CLUSTER_METADATA, "")
+        if named != self._cluster:
+            self.stats.foreign_streams += 1
+            self._faults.warning(
+                (address, "cluster"),
+                "raft stream from %s names cluster %r, not this node's %r: refused; check its PEERS and CLUSTER_NAME",
+                address,
+                named,
+                self._cluster,
+            )
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this node belongs to cluster {self._cluster!r}, not {named!r}: check the sender's PEERS",
+            )
         inbox = self._inbox
         chunks = SnapshotAssembler()  # per stream: a snapshot's chunks never span two
         async for request in request_iterator:
@@ -82,6 +122,7 @@ class RaftPeerServicer:
             return []
         now = time.monotonic()
         self_id = self._self_id
+        members = self._members
         contact = self._last_contact
         batch: list[Message] = []
         for raw in messages:
@@ -90,6 +131,8 @@ class RaftPeerServicer:
                 if whole is None:
                     continue  # more chunks of a snapshot to come
                 message = message_from_pb(whole)
+                if _out_of_range(message):
+                    raise ValueError(f"a term or index beyond {MAX_PEER_NUMBER}")
             except Exception as exc:  # whatever a peer sends must not end the stream
                 stats.malformed += 1
                 self._faults.warning(
@@ -110,6 +153,15 @@ class RaftPeerServicer:
                     message.src,
                     message.dst,
                     self_id,
+                )
+                continue
+            if members is not None and message.src not in members:
+                stats.strangers += 1
+                self._faults.warning(
+                    ("stranger", "src"),
+                    "raft stream from %s: message from %r, no member of this cluster, dropped",
+                    address,
+                    message.src[:64],
                 )
                 continue
             contact[message.src] = now

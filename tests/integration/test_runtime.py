@@ -212,6 +212,8 @@ def _run_node(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedP
         ({"QUORUM": "3"}, "set QUORUM=2"),
         ({"PEERS": "n1=http://127.0.0.1:9"}, "SELF_URL is missing from the membership"),
         ({"REDIS_URL": "redis://127.0.0.1:1/0"}, "unreachable"),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "is not a Redis URL"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='VERBOSE'"),
     ],
 )
 def test_a_misconfigured_node_exits_with_a_message_saying_what_to_fix(
@@ -322,6 +324,33 @@ async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
         for pid in await running():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_launcher_told_to_stop_before_its_cluster_is_up_stops_it_at_once(tmp_path: Path) -> None:
+    """SIGTERM while the nodes are still electing (here they never would: elections are
+    slowed past the test) must not wait out the launcher's leader timeout."""
+    ports = free_ports(3)
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", "120",
+        "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "DOTENV": os.devnull, "ELECTION_TICKS": "1000"},
+    )  # fmt: skip
+
+    async def spawned() -> list[int]:
+        return children(launcher.pid)
+
+    try:
+        node_pids = await poll(spawned, bool, "the launcher's node started", 20)
+        launcher.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(launcher.wait(), 20) == 130
+        assert launcher.stdout is not None
+        assert b"stopping the cluster before it came up" in await launcher.stdout.read()
+        assert not [pid for pid in node_pids if alive(pid)], "a node outlived its launcher's stop"
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+            await launcher.wait()
 
 
 async def test_a_write_to_a_cluster_without_quorum_fails_as_unavailable(cluster: LocalCluster, kv: Kv) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import grpc.aio
 
@@ -19,11 +19,11 @@ class PeerServer:
     It keeps its port and servicer across stop/start, so a test can restart the peer.
     """
 
-    def __init__(self, node_id: NodeId) -> None:
+    def __init__(self, node_id: NodeId, *, cluster: str = "", members: Collection[NodeId] | None = None) -> None:
         self.node_id = node_id
         self.received: list[Message] = []
         self.batches: list[list[Message]] = []
-        self.servicer = RaftPeerServicer(self._inbox, node_id)
+        self.servicer = RaftPeerServicer(self._inbox, node_id, cluster=cluster, members=members)
         self.port = 0
         self._server: grpc.aio.Server | None = None
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import grpc.aio
+import pytest
 
 from dsync.raft.v1 import raft_pb2 as pb
 from server.codec import message_to_pb
 from server.raft.types import Message
-from server.transport.wire import STREAM_METHOD, frame_batch
+from server.transport.wire import CLUSTER_METADATA, STREAM_METHOD, frame_batch
 from tests.transport.peers import PeerServer, append, wait_until
 
 
@@ -58,4 +59,38 @@ async def test_last_contact_is_when_the_latest_message_arrived() -> None:
         await wait_until(lambda: len(b.received) == 3)
         assert b.servicer.last_contact()["a"] >= contact["a"]
         assert b.servicer.last_contact()["c"] == contact["c"]
+        call.cancel()
+
+
+async def test_a_stream_naming_another_cluster_is_refused_whole() -> None:
+    """The launcher names every cluster's nodes node1..N: a name alone proves nothing."""
+    async with PeerServer("b", cluster="east", members={"a", "b"}) as b, grpc.aio.insecure_channel(b.address) as channel:
+        west = channel.stream_unary(STREAM_METHOD)(metadata=((CLUSTER_METADATA, "west"),))
+        await west.write(frame_batch([wire(append(0))]))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await west
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "'east'" in str(refused.value.details())
+        unnamed = channel.stream_unary(STREAM_METHOD)()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await unnamed
+        east = channel.stream_unary(STREAM_METHOD)(metadata=((CLUSTER_METADATA, "east"),))
+        await east.write(frame_batch([wire(append(1))]))
+        await wait_until(lambda: len(b.received) == 1)
+        assert b.received == [append(1)] and b.servicer.stats.foreign_streams == 2
+        east.cancel()
+
+
+async def test_messages_from_strangers_or_with_impossible_terms_are_dropped() -> None:
+    """Neither may reach the core: a forged term near 2**64 would be adopted and saved,
+    and no election could follow it; any sender name would grow the per-peer records."""
+    huge = message_to_pb(append(0))
+    huge.term = 2**64 - 1
+    async with PeerServer("b", members={"a", "b"}) as b, grpc.aio.insecure_channel(b.address) as channel:
+        call: grpc.aio.StreamUnaryCall[bytes, bytes] = channel.stream_unary(STREAM_METHOD)()
+        await call.write(frame_batch([wire(append(0, src="mallory")), huge.SerializeToString(), wire(append(2))]))
+        await wait_until(lambda: len(b.received) == 1)
+        assert b.received == [append(2)]
+        stats = b.servicer.stats
+        assert (stats.strangers, stats.malformed) == (1, 1)
+        assert set(b.servicer.last_contact()) == {"a"}
         call.cancel()

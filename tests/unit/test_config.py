@@ -63,6 +63,13 @@ def test_a_peer_entry_may_give_the_members_http_address() -> None:
         ({"REDIS_APPENDFSYNC": "sometimes"}, "REDIS_APPENDFSYNC"),
         ({"TICK_MS": "0"}, "TICK_MS"),
         ({"SNAPSHOT_CATCHUP_ENTRIES": "-1"}, "SNAPSHOT_CATCHUP_ENTRIES"),
+        ({"HTTP_PORT": "8\u00b2"}, "HTTP_PORT"),  # '8²': isdigit, but no number
+        ({"TICK_MS": "5\u00b2"}, "TICK_MS"),
+        ({"QUORUM": "\u00b2"}, "QUORUM"),
+        ({"SELF_URL": "http://[::1"}, "not a peer URL"),
+        ({"PEERS": "node2=http://[::1:25052"}, "not a peer URL"),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://127.0.0.1:99999"}, "REDIS_URL"),
     ],
 )
 def test_mistakes_are_refused_with_a_message_naming_the_fix(
@@ -70,3 +77,9 @@ def test_mistakes_are_refused_with_a_message_naming_the_fix(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load(BASE | change)
+
+
+def test_redis_urls_redis_py_opens_are_taken_as_given() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://user:secret@cache.example:6380", "unix:///run/redis.sock"):
+        assert load(BASE | {"REDIS_URL": url}).redis_url == url
+    assert load(BASE | {"REDIS_URL": " "}).redis_url is None
