@@ -14,7 +14,7 @@ from . import lock_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, LockLost, NotHeld
 from .lock_ops import Grant, Mode
-from .locks import answered_in_time, block_owner, late_confirmation, lost_before_start, same_hold
+from .locks import answered_in_time, block_owner, confirmation, lost_before_start, same_hold
 from .retry import check_seconds
 
 log = logging.getLogger("dsync_client")
@@ -83,14 +83,10 @@ class AsyncLockContext:
         sent = time.monotonic()
         op = lock_ops.refresh(self._resource, self._owner, self._ttl)
         try:
-            held.grant = same_hold(held.token, await self._t.run(op, timeout=self._ttl / 3))
+            held.grant = confirmation(sent, self._ttl, held.token, await self._t.run(op, timeout=self._ttl / 3))
         except DsyncError as error:
             held.lost.set()
             raise lost_before_start(self._resource, held.token, error.message) from error
-        late = late_confirmation(sent, self._ttl)
-        if late is not None:
-            held.lost.set()
-            raise lost_before_start(self._resource, held.token, late)
         return sent
 
     async def __aexit__(

@@ -40,13 +40,15 @@ def answered_in_time(sent: float, ttl: float) -> bool:
     return time.monotonic() - sent < ttl / 3
 
 
-def late_confirmation(sent: float, ttl: float) -> str | None:
-    """Why a lease confirmed by a refresh sent at `sent` cannot start a block, or None.
-    The refresh must be answered within ttl/3, as a grant must: otherwise the block could
-    start with little of its lease left and outlive it before the first periodic refresh."""
-    if answered_in_time(sent, ttl):
-        return None
-    return f"confirming it took over a third of its {ttl:g}s ttl"
+def confirmation(sent: float, ttl: float, token: int, renewal: Grant) -> Grant:
+    """`renewal`, the answer to a refresh sent at `sent` to confirm a late grant, if it may
+    start the block: it renewed this hold, and within ttl/3, as a grant must be answered --
+    later, the block could start with little of its lease left and outlive it before the
+    first periodic refresh.  DsyncError otherwise."""
+    same_hold(token, renewal)
+    if not answered_in_time(sent, ttl):
+        raise DsyncError(f"confirming it took over a third of its {ttl:g}s ttl")
+    return renewal
 
 
 def same_hold(token: int, renewal: Grant) -> Grant:
@@ -136,16 +138,12 @@ class LockContext:
         """Refresh a lease granted too long ago to trust; returns when the lease now
         counts from.  LockLost if it ended, could not be confirmed, or was confirmed too late."""
         sent = time.monotonic()
+        op = lock_ops.refresh(self._resource, self._owner, self._ttl)
         try:
-            renewal = self._t.run(lock_ops.refresh(self._resource, self._owner, self._ttl), timeout=self._ttl / 3)
-            held.grant = same_hold(held.token, renewal)
+            held.grant = confirmation(sent, self._ttl, held.token, self._t.run(op, timeout=self._ttl / 3))
         except DsyncError as error:
             held.lost.set()
             raise lost_before_start(self._resource, held.token, error.message) from error
-        late = late_confirmation(sent, self._ttl)
-        if late is not None:
-            held.lost.set()
-            raise lost_before_start(self._resource, held.token, late)
         return sent
 
     def __exit__(

@@ -20,6 +20,7 @@ import pytest
 
 from dsync.v1 import cluster_pb2, cluster_pb2_grpc, lock_pb2, lock_pb2_grpc
 from dsync_client import AsyncClient, Client, LockLost, RetryPolicy
+from server.fsm import lock_views
 from tests.client.scripted import UnscriptedCluster, UnscriptedLock
 
 # The first attempt's answer is lost for at most this long; the client gives it up sooner.
@@ -66,15 +67,7 @@ class LeaseNode(UnscriptedLock, UnscriptedCluster):
         self.release_attempt.wait(self.refresh_delay)
         self.refreshes.append(time.monotonic())
         self.granted_at = time.monotonic()
-        grant = self._grant(request.resource, request.owner)
-        return lock_pb2.RefreshResponse(
-            resource=grant.resource,
-            owner=grant.owner,
-            mode=grant.mode,
-            fencing_token=grant.fencing_token,
-            ttl_seconds=grant.ttl_seconds,
-            expires_in_seconds=grant.expires_in_seconds,
-        )
+        return lock_views.renewal(self._grant(request.resource, request.owner))
 
     def Release(self, request: lock_pb2.ReleaseRequest, context: grpc.ServicerContext) -> lock_pb2.ReleaseResponse:
         self._check_held(context)
