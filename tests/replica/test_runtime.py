@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.replica.kv_machine import KvStateMachine, encode_put
 from server.raft import Entry, HardState, MsgType, NodeId
@@ -16,7 +17,7 @@ from server.replica import Overloaded, Stopped
 from server.replica import replica as replica_module
 from server.storage.memory import MemoryRaftStorage
 
-from .cluster import TICK, StorageFactory, eventually, make_cluster
+from .cluster import DEADLINE, TICK, StorageFactory, eventually, make_cluster
 
 
 def put(key: str) -> bytes:
@@ -100,6 +101,29 @@ def patient_batching(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch wait far longer than a loop turn even on a loaded machine, so that how much
     joins a batch depends on the rule, not on how fast this machine runs the loop."""
     monkeypatch.setattr(replica_module, "BATCH_WAIT", 0.05)
+
+
+async def test_a_lone_write_on_an_idle_cluster_is_not_held_for_company(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch wait longer than the deadline: a write that waited for it would not commit in time.
+    monkeypatch.setattr(replica_module, "BATCH_WAIT", 3 * DEADLINE)
+    async with make_cluster() as cluster:
+        leader = await cluster.leader()
+        follower = cluster.others(leader.id)[0]
+        for replica in (leader, follower):
+            await cluster.converged()
+            async with asyncio.timeout(DEADLINE):
+                assert isinstance(await replica.propose(put(f"alone at {replica.id}")), int)
+
+
+@pytest.mark.usefixtures("patient_batching")
+async def test_a_leader_gathers_proposals_trickling_in_while_an_append_round_is_out() -> None:
+    async with make_cluster() as cluster:
+        leader = await cluster.leader()
+        await cluster.converged()
+        saves = leader.stats.saves
+        results = await trickle(40, lambda i: leader.propose(put(f"k{i}")))
+        assert len(set(results)) == 40
+        assert leader.stats.saves - saves <= 10, f"40 proposals saved in {leader.stats.saves - saves} writes"
 
 
 @pytest.mark.usefixtures("patient_batching")
@@ -322,3 +346,28 @@ async def test_ticks_keep_to_the_clock() -> None:
         due = stats.ticks + stats.ticks_skipped - ticked
         assert abs(due - (loop.time() - began) / TICK) <= 2
         assert 0 <= replica.stats.last_tick_lag < 1
+
+
+def test_an_idle_replica_on_uvloop_turns_its_loop_about_once_a_tick() -> None:
+    """The node runs on uvloop, whose clock counts whole milliseconds: a tick due a hair
+    after the current millisecond (sums of 0.01 rarely land on one) must not spin the
+    loop until the next one."""
+
+    async def turns_per_tick() -> float:
+        async with make_cluster(1) as cluster:
+            replica = await cluster.leader()
+            await cluster.converged()
+            turns = 0
+            step_inputs = replica._step_inputs
+
+            def counted() -> None:
+                nonlocal turns
+                turns += 1
+                step_inputs()
+
+            replica._step_inputs = counted  # type: ignore[method-assign]
+            ticked = replica.stats.ticks
+            await eventually(lambda: replica.stats.ticks - ticked >= 100, "100 ticks")
+            return turns / (replica.stats.ticks - ticked)
+
+    assert uvloop.run(turns_per_tick()) < 3
