@@ -13,7 +13,7 @@ import uvloop
 from dotenv import load_dotenv
 
 from server import config
-from server.node import StartupError, serve
+from server.node import NodeFailed, StartupError, serve
 
 # Middle-generation collections between two full ones (CPython's default is 10).
 FULL_COLLECTION_EVERY = 100
@@ -57,6 +57,9 @@ def main() -> None:
     except StartupError as exc:
         print(f"dsync: cannot start node {cfg.node_id}: {exc}", file=sys.stderr)
         sys.exit(2)
+    except NodeFailed as exc:
+        print(f"dsync: node {cfg.node_id} stopped: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,32 @@ def _ports(first: int, count: int) -> list[int]:
     return [first + i for i in range(count)]
 
 
+def _port_problem(args: argparse.Namespace) -> str | None:
+    """Each node takes the next port of every range: the ranges must fit and stay apart."""
+    ranges = {flag: range(first, first + args.nodes) for flag, first in (
+        ("--grpc-port", args.grpc_port), ("--http-port", args.http_port), ("--metrics-port", args.metrics_port)
+    )}  # fmt: skip
+    for flag, ports in ranges.items():
+        if ports.start < 1 or ports.stop - 1 > 65535:
+            return f"{flag} {ports.start}: {args.nodes} nodes need ports {ports.start}..{ports.stop - 1}, within 1..65535"
+    flags = list(ranges)
+    for i, flag in enumerate(flags):
+        for other in flags[i + 1 :]:
+            a, b = ranges[flag], ranges[other]
+            if a.start < b.stop and b.start < a.stop:
+                return (
+                    f"{flag} {a.start} and {other} {b.start}: {args.nodes} nodes take ports "
+                    f"{a.start}..{a.stop - 1} and {b.start}..{b.stop - 1}, which overlap; move one range"
+                )
+    return None
+
+
+def _data_dir_problem(path: Path) -> str | None:
+    if path.exists() and not path.is_dir():
+        return f"--data-dir {path}: that is a file; name a directory (it is created if missing)"
+    return None
+
+
 async def _main(args: argparse.Namespace) -> int:
     cluster = LocalCluster(
         args.nodes,
@@ -237,7 +263,12 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await cluster.start()
+    try:
+        await cluster.start()
+    except OSError as exc:
+        print(f"dsync cluster could not start: {exc}", file=sys.stderr)
+        await cluster.stop()
+        return 1
     electing = asyncio.ensure_future(cluster.wait_for_leader(args.timeout))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait((electing, stopping), return_when=asyncio.FIRST_COMPLETED)
@@ -269,7 +300,10 @@ async def _main(args: argparse.Namespace) -> int:
         for node in cluster:
             if node.process is not None and not node.running and node.name not in reported:
                 reported.add(node.name)
-                print(f"{node.name} exited with status {node.process.returncode}; see {node.log_path}")
+                print(
+                    f"{node.name} exited with status {node.process.returncode}; the end of {node.log_path}:\n"
+                    f"{_tail(node.log_path, 8)}"
+                )
     print("stopping the cluster ...")
     await cluster.stop()
     print("stopped")
@@ -287,6 +321,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
+    if problem := _port_problem(args) or _data_dir_problem(Path(args.data_dir)):
+        parser.error(problem)
     sys.exit(asyncio.run(_main(args)))
 
 

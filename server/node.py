@@ -65,10 +65,16 @@ logger = logging.getLogger("dsync.node")
 
 _HEALTH_POLL_S = 0.1
 _STOP_GRACE_S = 2.0
+# How long a node whose save failed waits to see whether its private redis-server exited.
+_REDIS_EXIT_GRACE_S = 1.0
 
 
 class StartupError(RuntimeError):
     """The node cannot start; the message says what to change."""
+
+
+class NodeFailed(RuntimeError):
+    """The running node had to stop; the message says why and what to do next."""
 
 
 def reserve_port(host: str, port: int, variable: str) -> socket.socket:
@@ -202,9 +208,34 @@ class Node:
         )
 
     async def wait(self) -> None:
-        """Until the replica stops; re-raises the fault if it failed."""
+        """Until the replica stops.  Raises `NodeFailed`, saying why, if it failed or if the
+        node's private redis-server exited under it."""
         assert self.replica is not None
-        await self.replica.join()
+        server = self._redis_server
+        replica = asyncio.ensure_future(self.replica.join())
+        redis_exit = asyncio.ensure_future(server.exited()) if server is not None else None
+        fault: BaseException | None = None
+        try:
+            await asyncio.wait([t for t in (replica, redis_exit) if t is not None], return_when=asyncio.FIRST_COMPLETED)
+            fault = replica.exception() if replica.done() else None
+            if redis_exit is not None and fault is not None:
+                # A save fails as the server dies; its exit shows a moment later.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(redis_exit), _REDIS_EXIT_GRACE_S)
+        finally:
+            for task in (replica, redis_exit):
+                if task is not None:
+                    task.cancel()
+        if server is not None and redis_exit is not None and redis_exit.done() and not redis_exit.cancelled():
+            raise NodeFailed(
+                f"its private redis-server stopped under it: {redis_exit.result()}\n"
+                f"Restart the node: what it acknowledged is in {server.data_dir}"
+            ) from fault
+        if isinstance(fault, (RedisError, OSError)):
+            where = self.config.redis_url or "its private redis-server"
+            raise NodeFailed(f"lost its Redis at {where} ({fault}); restart the node once it answers again") from fault
+        if fault is not None:
+            raise NodeFailed(f"its replica stopped on a fault ({fault!r}); see the log above") from fault
 
     async def stop(self) -> None:
         for task in self._background:
@@ -286,7 +317,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event) -> None:
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if waiter in done:
-            waiter.result()  # re-raise a replica failure
+            waiter.result()  # re-raise NodeFailed
         else:
             waiter.cancel()
     finally:

@@ -16,6 +16,7 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 from types import TracebackType
@@ -105,6 +106,19 @@ class EmbeddedRedis:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    async def exited(self) -> str:
+        """Waits until the running server exits, then says how, with its last log lines.
+
+        A node watches this: without it, a server killed under the node shows only as
+        connection errors, and nothing says why the node stopped.
+        """
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("embedded redis is not running")
+        code = await proc.wait()
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        return f"redis-server (pid {proc.pid}) {how}. Its last log lines:\n{self._log_tail(5)}"
 
     async def __aenter__(self) -> EmbeddedRedis:
         await self.start()
@@ -243,6 +257,13 @@ class EmbeddedRedis:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _read_text(path: Path) -> str:

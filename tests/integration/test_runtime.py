@@ -272,6 +272,58 @@ async def test_sigterm_stops_a_node_and_its_private_redis(tmp_path: Path) -> Non
         await cluster.stop()
 
 
+async def launch_one_node(tmp_path: Path, timeout: int = 30, **env: str) -> asyncio.subprocess.Process:
+    """`python -m server.cluster` with one node on free ports, its output piped."""
+    grpc_port, http_port, metrics_port = free_ports(3)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", str(timeout),
+        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "DOTENV": os.devnull, **env},
+    )  # fmt: skip
+
+
+async def read_until(launcher: asyncio.subprocess.Process, said: bytes, output: bytes, timeout: float) -> bytes:
+    """The launcher's output up to the line that holds `said`, after `output` read before."""
+    assert launcher.stdout is not None
+    while said not in output:
+        line = await asyncio.wait_for(launcher.stdout.readline(), timeout)
+        assert line, f"the launcher ended before saying {said!r}: {output.decode(errors='replace')}"
+        output += line
+    return output
+
+
+async def test_a_node_whose_private_redis_server_dies_stops_and_its_launcher_says_why(tmp_path: Path) -> None:
+    launcher = await launch_one_node(tmp_path)
+    try:
+        output = await read_until(launcher, b"is up", b"", 45)
+        redis_pid = int((tmp_path / "node1" / "redis" / "redis-server.pid").read_text())
+        os.kill(redis_pid, signal.SIGKILL)
+        said = (await read_until(launcher, b"Restart the node", output, 20)).decode()
+        assert "node1 exited with status 1; the end of " in said
+        assert f"dsync: node node1 stopped: its private redis-server stopped under it: redis-server (pid {redis_pid}) was killed by SIGKILL" in said
+        assert f"Restart the node: what it acknowledged is in {tmp_path / 'node1' / 'redis'}" in said
+    finally:
+        launcher.terminate()
+        await asyncio.wait_for(launcher.wait(), 20)
+
+
+async def test_a_node_that_loses_the_redis_it_was_given_stops_naming_it(tmp_path: Path) -> None:
+    async with EmbeddedRedis(tmp_path / "redis") as redis:
+        url = redis.url
+        cluster = make_cluster(tmp_path, nodes=1, REDIS_URL=url)
+        await cluster.start()
+        try:
+            await cluster.wait_for_leader(timeout=30)
+            await redis.stop()
+            node = cluster.nodes[0]
+            assert node.process is not None
+            # The leader's clock entries keep saving, so the loss shows without any client.
+            assert await asyncio.wait_for(node.process.wait(), 15) == 1
+            assert f"dsync: node node1 stopped: lost its Redis at {url}" in node.log_path.read_text()
+        finally:
+            await cluster.stop()
+
+
 async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_path: Path) -> None:
     """Own process group: a terminal's Ctrl-C reaches the launcher alone, which stops the
     nodes in order.  Same session: Linux schedules a session as one group, and nodes in
@@ -294,20 +346,10 @@ async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_p
 
 
 async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
-    grpc_port, http_port, metrics_port = free_ports(3)
-    launcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", "30",
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "DOTENV": os.devnull},
-    )  # fmt: skip
+    launcher = await launch_one_node(tmp_path)
     started: list[int] = []
     try:
-        assert launcher.stdout is not None
-        output = b""
-        while b"is up" not in output:
-            line = await asyncio.wait_for(launcher.stdout.readline(), 45)
-            assert line, f"the launcher ended before its cluster was up: {output.decode(errors='replace')}"
-            output += line
+        await read_until(launcher, b"is up", b"", 45)
         started = children(launcher.pid)
         assert len(started) == 1, started
         started.append(int((tmp_path / "node1" / "redis" / "redis-server.pid").read_text()))
@@ -329,13 +371,7 @@ async def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
 async def test_a_launcher_told_to_stop_before_its_cluster_is_up_stops_it_at_once(tmp_path: Path) -> None:
     """SIGTERM while the nodes are still electing (here they never would: elections are
     slowed past the test) must not wait out the launcher's leader timeout."""
-    ports = free_ports(3)
-    launcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cluster", "--nodes", "1", "--data-dir", str(tmp_path), "--timeout", "120",
-        "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "DOTENV": os.devnull, "ELECTION_TICKS": "1000"},
-    )  # fmt: skip
+    launcher = await launch_one_node(tmp_path, timeout=120, ELECTION_TICKS="1000")
 
     async def spawned() -> list[int]:
         return children(launcher.pid)
