@@ -8,7 +8,9 @@ shape, as grpc-gateway sends it).  Servicer errors map through `HTTP_STATUS`; er
 aiohttp raises before a servicer runs (no such route, wrong verb, body too large) and
 unexpected exceptions are turned into the same shape by `json_errors`, so a client
 never has to parse aiohttp's plain-text pages and a bug answers 500, never a dropped
-connection.
+connection.  The one exception is a request that is not HTTP at all (a header with a
+control character, Content-Length next to Transfer-Encoding): aiohttp answers it with its
+own text/plain 400 and closes the connection before any middleware runs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 logger = logging.getLogger(__name__)
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
 
 # The largest request body the gateway reads; larger ones get 413.
 MAX_BODY_BYTES = 2 << 20
@@ -98,3 +101,30 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         logger.exception("HTTP %s %s failed", request.method, request.path)
         return error_response(grpc.StatusCode.INTERNAL, "the node failed to handle the request; see its log")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a control character in a header,
+    Content-Length next to Transfer-Encoding) at ERROR with a traceback, before any
+    middleware runs, so any client could fill a node's log with them.  It has already
+    answered 400; here the record becomes one DEBUG line, as aiohttp logs a bad request
+    line, and is dropped unless DEBUG is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        reason = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
+        record.msg, record.args = "malformed HTTP request from %s answered %d: %s", (remote, exc.code, reason)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = record.exc_text = None
+        return _AIOHTTP_SERVER_LOG.isEnabledFor(logging.DEBUG)
+
+
+_QUIET = _MalformedRequests()
+
+
+def quiet_malformed_requests() -> None:
+    """Installs the filter above once per process; every gateway app calls it."""
+    _AIOHTTP_SERVER_LOG.addFilter(_QUIET)  # adding the same filter twice keeps one

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -224,3 +225,32 @@ async def test_a_sequence_reused_for_another_call_is_400_naming_it(gw: Gateways)
     assert status == 400
     assert_error(answer, "INVALID_ARGUMENT", "header.sequence", "different call")
     assert (await gw.ok("n3", "/lock/get", {"resource": "r"}))["lock"]["holders"] == []
+
+
+MALFORMED = [
+    b"POST /cache/get HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED)
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_a_malformed_http_request_is_400_and_one_debug_line_not_a_traceback(
+    gw: Gateways, request_bytes: bytes, level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(level, logger="aiohttp.server")
+    server = gw.clients[NODES[0]].server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request_bytes)
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.0 400")
+        await asyncio.wait_for(reader.read(), 5)  # aiohttp closes the connection after it
+    finally:
+        writer.close()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert not [r for r in records if r.levelno > logging.DEBUG or r.exc_info], records
+    if level == "DEBUG":
+        assert [r.getMessage() for r in records] and all(
+            r.getMessage().startswith("malformed HTTP request from 127.0.0.1 answered 400: ") for r in records
+        ), records
+    assert (await gw.get(NODES[0], "/health"))[0] in (200, 503)  # still serving
