@@ -29,6 +29,9 @@ from urllib.request import urlopen
 from server.raft.quorum import majority
 from server.children import die_with_parent
 
+# How much of the end of a node's log `_tail` reads: the log grows across runs.
+_TAIL_BYTES = 64 * 1024
+
 
 def free_ports(count: int) -> list[int]:
     """Loopback ports the kernel just handed out, held together so they are distinct: for
@@ -215,10 +218,14 @@ def _tie_to_launcher() -> Callable[[], None]:
 
 
 def _tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log that may have grown over many runs."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            text = log.read().decode(errors="replace")
     except OSError:
         return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _ports(first: int, count: int) -> list[int]:
@@ -302,7 +309,7 @@ async def _main(args: argparse.Namespace) -> int:
                 reported.add(node.name)
                 print(
                     f"{node.name} exited with status {node.process.returncode}; the end of {node.log_path}:\n"
-                    f"{_tail(node.log_path, 8)}"
+                    f"{_tail(node.log_path, 12)}"
                 )
     print("stopping the cluster ...")
     await cluster.stop()

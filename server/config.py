@@ -143,6 +143,16 @@ def _redis_url(raw: str) -> str | None:
     return raw
 
 
+def redacted(url: str) -> str:
+    """`url` with any password replaced, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _whole(raw: str) -> bool:
     """Digits 0-9 only: str.isdigit also takes '²', which int() refuses."""
     return raw.isascii() and raw.isdecimal()

@@ -27,7 +27,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dsync.v1 import cache_pb2, cache_pb2_grpc, cluster_pb2, cluster_pb2_grpc, lock_pb2, lock_pb2_grpc
 from dsync.v1 import queue_pb2, queue_pb2_grpc
@@ -39,7 +41,7 @@ from server.api.events import EventHub
 from server.api.interceptors import RequestStats, StatsInterceptor
 from server.api.lock_service import LockServicer, LockStats
 from server.api.queue_service import QueueServicer
-from server.config import NodeConfig
+from server.config import NodeConfig, redacted
 from server.fsm.cache import CacheMachine
 from server.fsm.lock import LockMachine
 from server.fsm.queue import QueueMachine
@@ -204,7 +206,7 @@ class Node:
             cfg.grpc_port,
             cfg.http_port,
             cfg.metrics_port,
-            cfg.redis_url or f"private ({cfg.data_dir / 'redis'})",
+            redacted(cfg.redis_url) if cfg.redis_url else f"private ({cfg.data_dir / 'redis'})",
         )
 
     async def wait(self) -> None:
@@ -231,9 +233,16 @@ class Node:
                 f"its private redis-server stopped under it: {redis_exit.result()}\n"
                 f"Restart the node: what it acknowledged is in {server.data_dir}"
             ) from fault
-        if isinstance(fault, (RedisError, OSError)):
-            where = self.config.redis_url or "its private redis-server"
-            raise NodeFailed(f"lost its Redis at {where} ({fault}); restart the node once it answers again") from fault
+        where = f"its Redis at {redacted(self.config.redis_url)}" if self.config.redis_url else "its private redis-server"
+        if isinstance(fault, (RedisConnectionError, RedisTimeoutError, OSError)):
+            raise NodeFailed(f"lost {where} ({fault}); restart the node once it answers again") from fault
+        if isinstance(fault, RedisError):
+            # Redis is up but refused the write: full (maxmemory), its disk failing (MISCONF),
+            # a read-only replica, missing auth.  Restarting the node alone would not help.
+            raise NodeFailed(
+                f"{where} refused a write: {fault}; fix that Redis (memory, disk, a replica "
+                "that is read-only, credentials), then restart the node"
+            ) from fault
         if fault is not None:
             raise NodeFailed(f"its replica stopped on a fault ({fault!r}); see the log above") from fault
 
@@ -301,7 +310,7 @@ class Node:
         except (RedisError, OSError, TimeoutError) as exc:
             await client.aclose()
             raise StartupError(
-                f"Redis at {url} is unreachable ({exc}); start it, fix REDIS_URL, "
+                f"Redis at {redacted(url)} is unreachable ({exc}); start it, fix REDIS_URL, "
                 "or unset REDIS_URL to let the node run its own"
             ) from exc
         return client
@@ -316,9 +325,10 @@ async def serve(config: NodeConfig, stop: asyncio.Event) -> None:
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        if waiter in done:
+        if waiter in done and not stop.is_set():
             waiter.result()  # re-raise NodeFailed
         else:
+            # A stop was asked for: whatever failed as it came is part of stopping.
             waiter.cancel()
     finally:
         await node.stop()

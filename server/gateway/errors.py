@@ -116,7 +116,7 @@ class _MalformedRequests(logging.Filter):
             return True
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         reason = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
-        record.msg, record.args = "malformed HTTP request from %s answered %d: %s", (remote, exc.code, reason)
+        record.msg, record.args = "malformed HTTP request from %s answered 400: %s", (remote, reason)
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.exc_info = record.exc_text = None
         return _AIOHTTP_SERVER_LOG.isEnabledFor(logging.DEBUG)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -307,19 +308,35 @@ async def test_a_node_whose_private_redis_server_dies_stops_and_its_launcher_say
         await asyncio.wait_for(launcher.wait(), 20)
 
 
-async def test_a_node_that_loses_the_redis_it_was_given_stops_naming_it(tmp_path: Path) -> None:
+async def _fill_up(redis: EmbeddedRedis) -> None:
+    async with Redis.from_url(redis.url) as client:
+        await client.config_set("maxmemory", 1)  # every write now fails with OOM
+
+
+@pytest.mark.parametrize(
+    ("trouble", "said", "why"),
+    [
+        (EmbeddedRedis.stop, "lost its Redis at {url} (", "restart the node once it answers again"),
+        (_fill_up, "its Redis at {url} refused a write: ", "used memory > 'maxmemory'"),
+    ],
+    ids=["gone", "full"],
+)
+async def test_a_node_whose_given_redis_fails_stops_saying_how(
+    tmp_path: Path, trouble: Callable[[EmbeddedRedis], Awaitable[None]], said: str, why: str
+) -> None:
     async with EmbeddedRedis(tmp_path / "redis") as redis:
         url = redis.url
         cluster = make_cluster(tmp_path, nodes=1, REDIS_URL=url)
         await cluster.start()
         try:
             await cluster.wait_for_leader(timeout=30)
-            await redis.stop()
+            await trouble(redis)
             node = cluster.nodes[0]
             assert node.process is not None
-            # The leader's clock entries keep saving, so the loss shows without any client.
+            # The leader's clock entries keep saving, so the trouble shows without any client.
             assert await asyncio.wait_for(node.process.wait(), 15) == 1
-            assert f"dsync: node node1 stopped: lost its Redis at {url}" in node.log_path.read_text()
+            (last,) = [line for line in node.log_path.read_text().splitlines() if line.startswith("dsync: node")]
+            assert last.startswith(f"dsync: node node1 stopped: {said.format(url=url)}") and why in last, last
         finally:
             await cluster.stop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, load
+from server.config import ConfigError, load, redacted
 
 BASE = {
     "NODE_ID": "node1",
@@ -83,3 +83,16 @@ def test_redis_urls_redis_py_opens_are_taken_as_given() -> None:
     for url in ("redis://127.0.0.1:6379/0", "rediss://user:secret@cache.example:6380", "unix:///run/redis.sock"):
         assert load(BASE | {"REDIS_URL": url}).redis_url == url
     assert load(BASE | {"REDIS_URL": " "}).redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@db:6379/0", "redis://:***@db:6379/0"),
+        ("redis://app:s3cr%40t@db:6379", "redis://app:***@db:6379"),
+        ("rediss://db:6380/1", "rediss://db:6380/1"),
+        ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock?db=0"),
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
