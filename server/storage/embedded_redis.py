@@ -38,6 +38,12 @@ _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
 _POLL_S = 0.02
 
 
+def unix_socket_fits(data_dir: str | os.PathLike[str]) -> bool:
+    """Whether a server in `data_dir` can listen on a unix socket there: its path must fit
+    in sun_path.  Nodes prefer one when it does (see EmbeddedRedis)."""
+    return len(str(Path(data_dir).resolve() / SOCKET_FILE).encode()) <= _MAX_UNIX_PATH
+
+
 class RedisStartError(RuntimeError):
     """The embedded server could not be started; the message says what to do."""
 

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.cluster import LocalCluster, free_ports
-from server.storage.embedded_redis import EmbeddedRedis, RedisStartError
+from server.storage.embedded_redis import EmbeddedRedis, RedisStartError, unix_socket_fits
 from server.storage.keys import NodeKeys
 from tests.integration.conftest import ELECTION_TIMEOUT_S, Kv, make_cluster, poll
 from tests.processes import alive, children
@@ -260,8 +260,11 @@ async def test_sigterm_stops_a_node_and_its_private_redis(tmp_path: Path) -> Non
     await cluster.start()
     try:
         await cluster.wait_for_leader(timeout=30)
-        pid_file = cluster.nodes[0].data_dir / "redis" / "redis-server.pid"
+        redis_dir = cluster.nodes[0].data_dir / "redis"
+        pid_file = redis_dir / "redis-server.pid"
         redis_pid = int(pid_file.read_text()) if pid_file.exists() else None
+        if redis_pid is not None:  # the node's own server, on a unix socket when its path fits
+            assert (redis_dir / "redis.sock").exists() == unix_socket_fits(redis_dir)
         cluster.signal("node1", signal.SIGTERM)
         proc = cluster.nodes[0].process
         assert proc is not None

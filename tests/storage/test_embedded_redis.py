@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from server.storage import embedded_redis
-from server.storage.embedded_redis import EmbeddedRedis, RedisStartError, find_redis_server
+from server.storage.embedded_redis import EmbeddedRedis, RedisStartError, find_redis_server, unix_socket_fits
 from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -55,6 +55,13 @@ async def test_it_can_listen_on_a_unix_socket_only(data_dir: Path) -> None:
         async with Redis.from_url(server.url, decode_responses=True) as client:
             assert await client.config_get("port") == {"port": "0"}
             assert await client.config_get("appendfsync") == {"appendfsync": "no"}
+
+
+async def test_a_unix_socket_fits_only_a_short_enough_data_dir(tmp_path: Path) -> None:
+    base = len(str(tmp_path.resolve() / "redis.sock").encode())
+    assert unix_socket_fits(tmp_path)
+    assert unix_socket_fits(tmp_path / ("d" * (107 - base - 1)))  # 107 bytes with the separator
+    assert not unix_socket_fits(tmp_path / ("d" * (107 - base)))
 
 
 async def test_a_second_server_on_the_same_dir_is_refused(data_dir: Path) -> None:
