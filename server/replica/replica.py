@@ -75,9 +75,9 @@ APPLY_CHUNK = 512
 BATCH_TARGET = 32
 BATCH_WAIT = 0.002
 # The least a timer of the loop is set ahead.  uvloop's clock counts whole milliseconds
-# and fires a timer due less than half of one ahead at once, so a wait for a tick due
-# sooner would spin the loop until the clock moves on: about 2 ms of CPU every tick, most
-# of an idle node's.  A tick a millisecond late is nothing to one of 50 ms.
+# and fires a timer due less than half of one ahead at once, so a wait for a tick due a
+# hair after the current millisecond spun the loop until the clock moved on (dozens of
+# turns a tick, tests/replica/test_runtime.py).  A tick 1 ms late is nothing to one of 50.
 TIMER_FLOOR = 0.001
 # Committed entries already on disk are applied before a Ready's new entries are saved.
 # A follower answers the leader only after that save, so it applies early only a short
