@@ -20,11 +20,11 @@ Every write carries a RequestHeader (client id, growing sequence), as the SDKs s
 The floor is `grpc_echo_floor` with the scenario's number of callers (callers and server in
 one process), measured just before each run's cluster starts.  Targets from the issue:
 lock cycles/s >= 0.3 x echo requests/s; Put/s >= 0.6 x echo; LINEARIZABLE Get/s >= 0.7 x
-echo; p99 <= 50 ms for the scenarios run with 64 clients.  That p99 is judged per call (the
-slowest method's): a scenario whose operation is k calls, run by 64 closed-loop clients,
-takes 64 / (operations/s) per operation on average (Little's law) -- 52 ms for a lock cycle
-at exactly the 0.3 x target with a 4,100 req/s floor -- so a p99 per operation could never
-meet both targets at once.  The operation's own p50/p99 are printed too.
+echo; p99 <= 50 ms for the scenarios run with 64 clients.  We read that p99 as per call (the
+slowest method's): 64 closed-loop clients take 64 / (operations/s) per operation on average
+(Little's law), 52 ms for a two-call lock cycle at exactly the 0.3 x target on a 4,100
+req/s floor, above the p99 target itself -- per operation the two targets could only both
+hold far above the ratio asked for.  The operations' own p50/p99 are printed too.
 
 The load generator runs in its own process by default, so that its CPU shows as a figure of
 its own and nothing else runs on its event loop (`--loadgen inline` runs it on the
@@ -445,6 +445,15 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def _call_p99_verdict(results: list[Result]) -> str:
+    """Judged on each run's slowest method; a run whose calls all failed has none."""
+    slowest = [max(calls) for r in results if (calls := [p for _, p in r.rpcs.values() if not math.isnan(p)])]
+    if len(slowest) < len(results):
+        return "NOT met (a run completed no call)"
+    p99 = statistics.median(slowest)
+    return f"{_verdict(p99 <= TARGET_P99_S)} ({ms(p99).strip()})"
+
+
 def print_medians(runs: list[Run], chosen: list[tuple[Scenario, int]]) -> None:
     print(f"\nmedian of {len(runs)} runs (disturbed runs: {sum(r.disturbed for r in runs)})")
     print(
@@ -458,15 +467,11 @@ def print_medians(runs: list[Run], chosen: list[tuple[Scenario, int]]) -> None:
         ops = statistics.median(r.ops_per_s for r in results)
         ratio = statistics.median(r.ratio for r in results)
         p99 = statistics.median(r.p99 for r in results)
-        call_p99 = statistics.median(max(p99 for _, p99 in r.rpcs.values()) for r in results)
         targets = []
         if scenario.target_ratio is not None:
             targets.append(f"ratio >= {scenario.target_ratio}: {_verdict(ratio >= scenario.target_ratio)}")
         if clients == TARGET_P99_CLIENTS and not scenario.contended:
-            targets.append(
-                f"p99 per call <= {TARGET_P99_S * 1000:.0f} ms: {_verdict(call_p99 <= TARGET_P99_S)}"
-                f" ({ms(call_p99).strip()})"
-            )
+            targets.append(f"p99 per call <= {TARGET_P99_S * 1000:.0f} ms: {_call_p99_verdict(results)}")
         print(
             f"  {scenario.name:11} {clients:7} {ops:9,.0f} {scenario.unit:11}"
             f" {ms(statistics.median(r.p50 for r in results))} {ms(p99)}"

@@ -21,6 +21,7 @@ Every mistake is reported with what to change, and the node exits with status 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,9 @@ def _name(value: str, what: str) -> str:
     return name
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
 def _redis_url(raw: str) -> str | None:
     """None: start a private redis-server.  Otherwise a URL redis-py can open."""
     if not raw:
@@ -144,13 +148,13 @@ def _redis_url(raw: str) -> str | None:
 
 
 def redacted(url: str) -> str:
-    """`url` with any password replaced, for logs and messages."""
+    """`url` with any password replaced, for logs and messages: the one in its user info
+    and a `password=` query parameter (redis-py reads both)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        url = parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def _whole(raw: str) -> bool:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,6 +78,22 @@ class StartupError(RuntimeError):
 
 class NodeFailed(RuntimeError):
     """The running node had to stop; the message says why and what to do next."""
+
+
+def why_the_replica_stopped(fault: BaseException, where: str) -> str:
+    """What a node says when its replica stopped on `fault`; `where` names its Redis."""
+    if isinstance(fault, RedisAuthenticationError) or (
+        isinstance(fault, RedisError) and not isinstance(fault, (RedisConnectionError, RedisTimeoutError))
+    ):
+        # Redis is up but refused the write: full (maxmemory), its disk failing (MISCONF),
+        # a read-only replica, wrong credentials.  Restarting the node alone would not help.
+        return (
+            f"{where} refused a write: {fault}; fix that Redis (memory, disk, a replica "
+            "that is read-only, credentials), then restart the node"
+        )
+    if isinstance(fault, (RedisError, OSError)):
+        return f"lost {where} ({fault}); restart the node once it answers again"
+    return f"its replica stopped on a fault ({fault!r}); see the log above"
 
 
 def reserve_port(host: str, port: int, variable: str) -> socket.socket:
@@ -233,18 +250,9 @@ class Node:
                 f"its private redis-server stopped under it: {redis_exit.result()}\n"
                 f"Restart the node: what it acknowledged is in {server.data_dir}"
             ) from fault
-        where = f"its Redis at {redacted(self.config.redis_url)}" if self.config.redis_url else "its private redis-server"
-        if isinstance(fault, (RedisConnectionError, RedisTimeoutError, OSError)):
-            raise NodeFailed(f"lost {where} ({fault}); restart the node once it answers again") from fault
-        if isinstance(fault, RedisError):
-            # Redis is up but refused the write: full (maxmemory), its disk failing (MISCONF),
-            # a read-only replica, missing auth.  Restarting the node alone would not help.
-            raise NodeFailed(
-                f"{where} refused a write: {fault}; fix that Redis (memory, disk, a replica "
-                "that is read-only, credentials), then restart the node"
-            ) from fault
         if fault is not None:
-            raise NodeFailed(f"its replica stopped on a fault ({fault!r}); see the log above") from fault
+            where = f"its Redis at {redacted(self.config.redis_url)}" if self.config.redis_url else "its private redis-server"
+            raise NodeFailed(why_the_replica_stopped(fault, where)) from fault
 
     async def stop(self) -> None:
         for task in self._background:
@@ -337,5 +345,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event) -> None:
         else:
             # A stop was asked for: whatever failed as it came is part of stopping.
             waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, NodeFailed):
+                await waiter
     finally:
         await node.stop()

@@ -17,9 +17,11 @@ import importlib.util
 import os
 import shutil
 import signal
+import sys
 import socket
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -34,14 +36,20 @@ LOG_FILE = "redis-server.log"
 LOCK_FILE = "redis-server.lock"
 PID_FILE = "redis-server.pid"
 SOCKET_FILE = "redis.sock"
-_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the NUL
+# sun_path holds 108 bytes on Linux, 104 on macOS, the terminating NUL included.
+_MAX_UNIX_PATH = 103 if sys.platform == "darwin" else 107
 _POLL_S = 0.02
 
 
 def unix_socket_fits(data_dir: str | os.PathLike[str]) -> bool:
     """Whether a server in `data_dir` can listen on a unix socket there: its path must fit
     in sun_path.  Nodes prefer one when it does (see EmbeddedRedis)."""
-    return len(str(Path(data_dir).resolve() / SOCKET_FILE).encode()) <= _MAX_UNIX_PATH
+    path = str(Path(data_dir).resolve() / SOCKET_FILE)
+    try:
+        encoded = path.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in the path: no URL can name it
+        return False
+    return len(encoded) <= _MAX_UNIX_PATH
 
 
 class RedisStartError(RuntimeError):
@@ -228,7 +236,9 @@ class EmbeddedRedis:
         path = str(self.data_dir / SOCKET_FILE)
         if len(path.encode()) > _MAX_UNIX_PATH:
             raise RedisStartError(f"unix socket path {path} is longer than {_MAX_UNIX_PATH} bytes; use a shorter data dir")
-        return [*args, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700"], f"unix://{path}?db=0"
+        # Quoted: a '#', '?' or '%' in the data dir is part of the path, not of the URL.
+        url = f"unix://{quote(path, safe='/')}?db=0"
+        return [*args, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700"], url
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process, url: str) -> bool:
         """True once *our* process answers (a PING alone could reach whoever won the port)."""

@@ -64,6 +64,16 @@ async def test_a_unix_socket_fits_only_a_short_enough_data_dir(tmp_path: Path) -
     assert not unix_socket_fits(tmp_path / ("d" * (107 - base)))
 
 
+async def test_a_unix_socket_in_a_dir_whose_name_looks_like_url_syntax_is_reached(tmp_path: Path) -> None:
+    async with EmbeddedRedis(tmp_path / "a#b?c%41d", unix_socket=True, appendfsync="no") as server:
+        async with Redis.from_url(server.url, decode_responses=True) as client:
+            assert await client.ping()
+
+
+async def test_a_data_dir_that_is_not_utf8_gets_no_unix_socket(tmp_path: Path) -> None:
+    assert not unix_socket_fits(Path(os.fsdecode(bytes(tmp_path) + b"/\xff")))
+
+
 async def test_a_second_server_on_the_same_dir_is_refused(data_dir: Path) -> None:
     async with EmbeddedRedis(data_dir) as server:
         with pytest.raises(RedisStartError, match=f"in use by another redis-server \\(pid {server.pid}\\)"):

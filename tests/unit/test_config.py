@@ -92,6 +92,8 @@ def test_redis_urls_redis_py_opens_are_taken_as_given() -> None:
         ("redis://app:s3cr%40t@db:6379", "redis://app:***@db:6379"),
         ("rediss://db:6380/1", "rediss://db:6380/1"),
         ("unix:///run/redis.sock?db=0", "unix:///run/redis.sock?db=0"),
+        ("redis://db:6379/0?password=secret", "redis://db:6379/0?password=***"),
+        ("unix:///run/r.sock?db=0&password=secret&x=1", "unix:///run/r.sock?db=0&password=***&x=1"),
     ],
 )
 def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
