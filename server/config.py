@@ -127,9 +127,6 @@ def _name(value: str, what: str) -> str:
     return name
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
-
-
 def _redis_url(raw: str) -> str | None:
     """None: start a private redis-server.  Otherwise a URL redis-py can open."""
     if not raw:
@@ -145,6 +142,9 @@ def _redis_url(raw: str) -> str | None:
             "or leave it unset for a private redis-server"
         )
     return raw
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 
 def redacted(url: str) -> str:

@@ -17,8 +17,8 @@ import importlib.util
 import os
 import shutil
 import signal
-import sys
 import socket
+import sys
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
