@@ -32,6 +32,9 @@ from server.raft.quorum import majority
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 APPENDFSYNC_MODES = ("always", "everysec", "no")
 CACHE_POLICIES = ("lru", "lfu")
+# A CLUSTER_TOKEN shorter than this is too easy to guess to be worth its name.
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_CHARS = 256
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,7 @@ class NodeConfig:
     redis_url: str | None  # None: start a private redis-server under data_dir
     data_dir: Path
     cluster: str
+    cluster_token: str  # "" for none: then peers are not authenticated
     appendfsync: str
     tick_ms: int
     election_ticks: int
@@ -140,6 +144,16 @@ def _redis_url(raw: str) -> str | None:
         raise ConfigError(
             f"REDIS_URL={raw!r} is not a Redis URL: write redis://HOST:PORT[/DB] (or unix:///PATH), "
             "or leave it unset for a private redis-server"
+        )
+    return raw
+
+
+def _token(raw: str) -> str:
+    """The cluster's shared secret: it travels as gRPC metadata, so printable ASCII."""
+    if raw and not (MIN_TOKEN_CHARS <= len(raw) <= MAX_TOKEN_CHARS and raw.isascii() and raw.isprintable()):
+        raise ConfigError(
+            f"CLUSTER_TOKEN must be {MIN_TOKEN_CHARS}-{MAX_TOKEN_CHARS} printable ASCII characters "
+            f"(got {len(raw)} characters); make one with `openssl rand -hex 16`, or leave it unset"
         )
     return raw
 
@@ -270,6 +284,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
         redis_url=_redis_url(env.get("REDIS_URL", "").strip()),
         data_dir=Path(env.get("DATA_DIR", "").strip() or f".data/{node_id}"),
         cluster=_name(env.get("CLUSTER_NAME", "dsync"), "CLUSTER_NAME"),
+        cluster_token=_token(env.get("CLUSTER_TOKEN", "").strip()),
         appendfsync=appendfsync,
         tick_ms=_int(env, "TICK_MS", 50, 1, 10_000),
         election_ticks=_int(env, "ELECTION_TICKS", 10, 2, 1000),

@@ -161,7 +161,7 @@ class Node:
         incarnation = secrets.randbits(64) or 1
         raft_config = Config(cfg.node_id, cfg.voters, election_ticks=cfg.election_ticks, incarnation=incarnation)
         core = await open_core(raft_config, self._storage, random.Random())
-        self._transport = GrpcTransport(cfg.node_id, cfg.peers, cluster=cfg.cluster)
+        self._transport = GrpcTransport(cfg.node_id, cfg.peers, cluster=cfg.cluster, token=cfg.cluster_token)
         self.replica = Replica(
             core,
             self._storage,
@@ -173,7 +173,9 @@ class Node:
         )
 
         server = grpc.aio.server(options=wire.SERVER_OPTIONS, interceptors=[StatsInterceptor(self.grpc_requests)])
-        self._peer_service = RaftPeerServicer(self.replica.inbox, cfg.node_id, cluster=cfg.cluster, members=cfg.voters)
+        self._peer_service = RaftPeerServicer(
+            self.replica.inbox, cfg.node_id, cluster=cfg.cluster, members=cfg.voters, token=cfg.cluster_token
+        )
         add_raft_service(server, self._peer_service)
         ctx = ServiceContext(self.replica, self.machine, self.hub)
         members = {m.name: m.address for m in cfg.members}

@@ -39,7 +39,8 @@ class GrpcTransport:
     the sender waits `connect_backoff_base`, doubling to `connect_backoff_max`, with
     jitter.  `connect_timeout` bounds one connection attempt; `write_timeout` bounds
     one write, after which the peer counts as unreachable.  `cluster` names this node's
-    cluster on every stream, for the receiver to check.
+    cluster on every stream, and `token` (if any) is its shared secret, for the receiver
+    to check.
     """
 
     def __init__(
@@ -55,10 +56,12 @@ class GrpcTransport:
         max_batch_messages: int = 256,
         max_batch_bytes: int = 4 << 20,
         cluster: str = "",
+        token: str = "",
         rng: random.Random | None = None,
     ) -> None:
         settings = LinkSettings(
             cluster=cluster,
+            token=token,
             max_queue=max_queue,
             max_batch_messages=max_batch_messages,
             max_batch_bytes=max_batch_bytes,

@@ -23,6 +23,7 @@ from server.transport.wire import (
     FRAME_OVERHEAD,
     MAX_MESSAGE_BYTES,
     STREAM_METHOD,
+    TOKEN_METADATA,
     channel_options,
     frame_batch,
 )
@@ -49,6 +50,7 @@ class LinkSettings:
     backoff_base: float = 0.02
     backoff_max: float = 1.0
     cluster: str = ""  # named on every stream (wire.CLUSTER_METADATA); receivers of another refuse it
+    token: str = ""  # the cluster's shared secret, sent on every stream when set (wire.TOKEN_METADATA)
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
@@ -185,7 +187,10 @@ class PeerLink:
         There is no deadline on the call itself, which lives as long as the peer does;
         each write has one instead, so a peer that stops reading is given up on.
         """
-        call = open_stream(wait_for_ready=False, metadata=((CLUSTER_METADATA, self._settings.cluster),))
+        metadata = [(CLUSTER_METADATA, self._settings.cluster)]
+        if self._settings.token:
+            metadata.append((TOKEN_METADATA, self._settings.token))
+        call = open_stream(wait_for_ready=False, metadata=metadata)
         call.add_done_callback(self._on_call_done)
         write_timeout = self._settings.write_timeout
         try:

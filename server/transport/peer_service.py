@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
@@ -18,7 +19,7 @@ from server.raft.types import Message, NodeId
 from server.transport.log_limit import RateLimitedLog
 from server.transport.protocols import Inbox
 from server.transport.snapshot_chunks import SnapshotAssembler
-from server.transport.wire import CLUSTER_METADATA, RAFT_SERVICE
+from server.transport.wire import CLUSTER_METADATA, RAFT_SERVICE, TOKEN_METADATA
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ReceiveStats:
     misaddressed: int = 0  # messages for another node: a peer has a wrong address map
     strangers: int = 0  # messages from no member of this cluster
     foreign_streams: int = 0  # streams refused because they named another cluster
+    unauthenticated_streams: int = 0  # streams refused for a missing or wrong cluster token
 
 
 class RaftPeerServicer:
@@ -63,16 +65,25 @@ class RaftPeerServicer:
     sender outside `members` (None: anyone), which would otherwise reach the core and
     the per-peer bookkeeping under any name.  A stream that names another cluster than
     `cluster` (wire.CLUSTER_METADATA) is refused whole: a node of another cluster may
-    well share a member's name.  An inbox that raises ends the stream with an error; the
-    peer's sender counts that as an outage and reopens it.
+    well share a member's name.  With a `token` (CLUSTER_TOKEN), so is a stream that does
+    not carry it (wire.TOKEN_METADATA): only who holds the cluster's secret can speak for
+    a member.  An inbox that raises ends the stream with an error; the peer's sender
+    counts that as an outage and reopens it.
     """
 
     def __init__(
-        self, inbox: Inbox, self_id: NodeId, *, cluster: str = "", members: Collection[NodeId] | None = None
+        self,
+        inbox: Inbox,
+        self_id: NodeId,
+        *,
+        cluster: str = "",
+        members: Collection[NodeId] | None = None,
+        token: str = "",
     ) -> None:
         self._inbox = inbox
         self._self_id = self_id
         self._cluster = cluster
+        self._token = token.encode()
         self._members = None if members is None else frozenset(members)
         self._last_contact: dict[NodeId, float] = {}
         self._faults = RateLimitedLog(_log)
@@ -86,7 +97,19 @@ class RaftPeerServicer:
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         address = context.peer()
-        named = dict(context.invocation_metadata() or ()).get(CLUSTER_METADATA, "")
+        metadata = dict(context.invocation_metadata() or ())
+        if self._token and not hmac.compare_digest(str(metadata.get(TOKEN_METADATA, "")).encode(), self._token):
+            self.stats.unauthenticated_streams += 1
+            self._faults.warning(
+                (address, "token"),
+                "raft stream from %s without this cluster's token: refused; give every member the same CLUSTER_TOKEN",
+                address,
+            )
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this cluster's peers must send its CLUSTER_TOKEN: give the sender the same CLUSTER_TOKEN",
+            )
+        named = metadata.get(CLUSTER_METADATA, "")
         if named != self._cluster:
             self.stats.foreign_streams += 1
             self._faults.warning(

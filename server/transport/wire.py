@@ -16,6 +16,8 @@ STREAM_METHOD = f"/{RAFT_SERVICE}/Stream"
 # Each peer stream names the sender's cluster: a node of another cluster (the launcher
 # names every cluster's nodes node1..N) must not be taken for a member of this one.
 CLUSTER_METADATA = "dsync-cluster"
+# ... and, when the cluster has one, its shared secret (CLUSTER_TOKEN): a name is no proof.
+TOKEN_METADATA = "dsync-cluster-token"
 
 # The largest single Raft message (an append of large entries); snapshots larger than
 # one batch travel as chunks of a batch each (snapshot_chunks.py), so none needs more.

@@ -344,6 +344,34 @@ async def test_a_node_whose_given_redis_fails_stops_saying_how(
             await cluster.stop()
 
 
+async def test_a_node_without_the_clusters_token_neither_joins_nor_disturbs_it(tmp_path: Path) -> None:
+    cluster = make_cluster(tmp_path, CLUSTER_TOKEN="members-only-" + "7" * 20)
+    try:
+        await cluster.start("node1")
+        await cluster.start("node2")
+        leader = await cluster.wait_for_leader(timeout=30)
+        term = (await cluster.states())[leader]["term"]  # type: ignore[index]
+        cluster.extra_env["CLUSTER_TOKEN"] = "an-impostor-" + "7" * 20
+        await cluster.start("node3")
+
+        async def members_refused() -> int:
+            log = "".join(cluster.node(m).log_path.read_text() for m in ("node1", "node2"))
+            return log.count("without this cluster's token: refused")
+
+        # Both members refuse its streams (each logs it once); it hears from neither.
+        await poll(members_refused, lambda n: n >= 2, "both members refusing node3", 30)
+        states = await cluster.states()
+        impostor = states["node3"]
+        assert impostor is not None and impostor["leader"] == "" and impostor["role"] != "follower", impostor
+        assert all(m["last_heard_s"] is None for m in impostor["members"] if not m["self"]), impostor  # type: ignore[attr-defined, index]
+        for member in ("node1", "node2"):
+            state = states[member]
+            assert state is not None and state["leader"] == leader
+            assert state["term"] == term, "the impostor's campaign moved the members' term"
+    finally:
+        await cluster.stop()
+
+
 async def test_nodes_share_the_launchers_session_but_not_its_process_group(tmp_path: Path) -> None:
     """Own process group: a terminal's Ctrl-C reaches the launcher alone, which stops the
     nodes in order.  Same session: Linux schedules a session as one group, and nodes in

@@ -19,11 +19,13 @@ class PeerServer:
     It keeps its port and servicer across stop/start, so a test can restart the peer.
     """
 
-    def __init__(self, node_id: NodeId, *, cluster: str = "", members: Collection[NodeId] | None = None) -> None:
+    def __init__(
+        self, node_id: NodeId, *, cluster: str = "", members: Collection[NodeId] | None = None, token: str = ""
+    ) -> None:
         self.node_id = node_id
         self.received: list[Message] = []
         self.batches: list[list[Message]] = []
-        self.servicer = RaftPeerServicer(self._inbox, node_id, cluster=cluster, members=members)
+        self.servicer = RaftPeerServicer(self._inbox, node_id, cluster=cluster, members=members, token=token)
         self.port = 0
         self._server: grpc.aio.Server | None = None
 

@@ -39,6 +39,20 @@ def indices(messages: list[Message]) -> list[int]:
     return [m.index for m in messages]
 
 
+@pytest.mark.parametrize(("sent", "arrives"), [("same-token-0123456789", True), ("", False)])
+async def test_a_transport_speaks_to_a_peer_with_the_clusters_token(
+    make_transport: MakeTransport, sent: str, arrives: bool
+) -> None:
+    async with PeerServer("b", cluster="c", token="same-token-0123456789") as b:
+        transport = make_transport({"b": b.address}, cluster="c", token=sent)
+        transport.send([append(0)])
+        if arrives:
+            await wait_until(lambda: b.received == [append(0)])
+        else:
+            await wait_until(lambda: b.servicer.stats.unauthenticated_streams > 0)
+            assert b.received == []
+
+
 async def test_batches_arrive_complete_and_in_order(make_transport: MakeTransport) -> None:
     async with PeerServer("b") as b:
         transport = make_transport({"b": b.address})

@@ -10,7 +10,7 @@ import pytest
 from dsync.raft.v1 import raft_pb2 as pb
 from server.codec import message_to_pb
 from server.raft.types import Message
-from server.transport.wire import CLUSTER_METADATA, STREAM_METHOD, frame_batch
+from server.transport.wire import CLUSTER_METADATA, STREAM_METHOD, TOKEN_METADATA, frame_batch
 from tests.transport.peers import PeerServer, append, wait_until
 
 
@@ -78,6 +78,25 @@ async def test_a_stream_naming_another_cluster_is_refused_whole() -> None:
         await wait_until(lambda: len(b.received) == 1)
         assert b.received == [append(1)] and b.servicer.stats.foreign_streams == 2
         east.cancel()
+
+
+async def test_with_a_cluster_token_a_stream_without_it_is_refused_whole() -> None:
+    secret = "s3cret-token-0123456789"
+    async with PeerServer("b", cluster="east", token=secret) as b, grpc.aio.insecure_channel(b.address) as channel:
+        for token in (None, "wrong-token-0123456789", secret[:-1]):
+            metadata = [(CLUSTER_METADATA, "east")] + ([(TOKEN_METADATA, token)] if token else [])
+            call = channel.stream_unary(STREAM_METHOD)(metadata=metadata)
+            await call.write(frame_batch([wire(append(0))]))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "CLUSTER_TOKEN" in str(refused.value.details())
+        assert b.received == [] and b.servicer.stats.unauthenticated_streams == 3
+        member = channel.stream_unary(STREAM_METHOD)(metadata=((CLUSTER_METADATA, "east"), (TOKEN_METADATA, secret)))
+        await member.write(frame_batch([wire(append(1))]))
+        await wait_until(lambda: len(b.received) == 1)
+        assert b.received == [append(1)]
+        member.cancel()
 
 
 async def test_messages_from_strangers_or_with_impossible_terms_are_dropped() -> None:

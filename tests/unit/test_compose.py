@@ -14,7 +14,9 @@ COMPOSE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 def _environments() -> list[dict[str, str]]:
     text = COMPOSE.read_text()
     blocks = re.findall(r"environment:\n((?:      .*\n)+)", text)
-    return [dict(re.findall(r'^      (\w+): "?([^"\n]*)"?$', block, re.M)) for block in blocks]
+    envs = [dict(re.findall(r'^      (\w+): "?([^"\n]*)"?$', block, re.M)) for block in blocks]
+    # As compose fills them in with the variable unset: ${NAME:-default} -> default.
+    return [{k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v) for k, v in env.items()} for env in envs]
 
 
 def test_every_compose_node_is_configured_validly_and_alike() -> None:
@@ -25,3 +27,5 @@ def test_every_compose_node_is_configured_validly_and_alike() -> None:
     memberships = {tuple((m.name, m.address, m.http) for m in c.members) for c in configs}
     assert len(memberships) == 1, f"nodes disagree on the membership: {memberships}"
     assert all(env["REDIS_URL"] == "redis://redis:6379/0" for env in environments)
+    assert all(c.cluster_token == "" for c in configs), "unset, DSYNC_CLUSTER_TOKEN gives every node none"
+    assert COMPOSE.read_text().count("CLUSTER_TOKEN: ${DSYNC_CLUSTER_TOKEN:-}") == 3

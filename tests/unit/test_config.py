@@ -70,6 +70,10 @@ def test_a_peer_entry_may_give_the_members_http_address() -> None:
         ({"PEERS": "node2=http://[::1:25052"}, "not a peer URL"),
         ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://127.0.0.1:99999"}, "REDIS_URL"),
+        ({"CLUSTER_TOKEN": "short"}, "CLUSTER_TOKEN must be 16-256 printable ASCII"),
+        ({"CLUSTER_TOKEN": "x" * 257}, "CLUSTER_TOKEN"),
+        ({"CLUSTER_TOKEN": "0123456789abcdef\u00e9"}, "CLUSTER_TOKEN"),  # metadata is ASCII
+        ({"CLUSTER_TOKEN": "0123456789\tabcdef"}, "CLUSTER_TOKEN"),
     ],
 )
 def test_mistakes_are_refused_with_a_message_naming_the_fix(
@@ -98,3 +102,8 @@ def test_redis_urls_redis_py_opens_are_taken_as_given() -> None:
 )
 def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+def test_a_cluster_token_is_optional_and_kept_as_given() -> None:
+    assert load(BASE).cluster_token == ""
+    assert load(BASE | {"CLUSTER_TOKEN": " 0123456789abcdef "}).cluster_token == "0123456789abcdef"
