@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -65,7 +65,7 @@ class NodeConfig:
     redis_url: str | None  # None: start a private redis-server under data_dir
     data_dir: Path
     cluster: str
-    cluster_token: str  # "" for none: then peers are not authenticated
+    cluster_token: str = field(repr=False)  # "" for none: then peers are not authenticated
     appendfsync: str
     tick_ms: int
     election_ticks: int
@@ -148,13 +148,18 @@ def _redis_url(raw: str) -> str | None:
     return raw
 
 
-def _token(raw: str) -> str:
-    """The cluster's shared secret: it travels as gRPC metadata, so printable ASCII."""
-    if raw and not (MIN_TOKEN_CHARS <= len(raw) <= MAX_TOKEN_CHARS and raw.isascii() and raw.isprintable()):
+def _token(given: str | None) -> str:
+    """The cluster's shared secret ("" for none): it travels as gRPC metadata, so printable ASCII."""
+    raw = (given or "").strip()
+    fix = "make one with `openssl rand -hex 16`, or leave CLUSTER_TOKEN unset (empty)"
+    if given and not raw:
+        raise ConfigError(f"CLUSTER_TOKEN is only blanks, which would turn peer authentication off: {fix}")
+    if raw and not MIN_TOKEN_CHARS <= len(raw) <= MAX_TOKEN_CHARS:
         raise ConfigError(
-            f"CLUSTER_TOKEN must be {MIN_TOKEN_CHARS}-{MAX_TOKEN_CHARS} printable ASCII characters "
-            f"(got {len(raw)} characters); make one with `openssl rand -hex 16`, or leave it unset"
+            f"CLUSTER_TOKEN must be {MIN_TOKEN_CHARS}-{MAX_TOKEN_CHARS} characters, got {len(raw)}: {fix}"
         )
+    if bad := next((c for c in raw if not (c.isascii() and c.isprintable())), None):
+        raise ConfigError(f"CLUSTER_TOKEN may hold printable ASCII only, not {bad!r}: {fix}")
     return raw
 
 
@@ -284,7 +289,7 @@ def load(env: Mapping[str, str] | None = None) -> NodeConfig:
         redis_url=_redis_url(env.get("REDIS_URL", "").strip()),
         data_dir=Path(env.get("DATA_DIR", "").strip() or f".data/{node_id}"),
         cluster=_name(env.get("CLUSTER_NAME", "dsync"), "CLUSTER_NAME"),
-        cluster_token=_token(env.get("CLUSTER_TOKEN", "").strip()),
+        cluster_token=_token(env.get("CLUSTER_TOKEN")),
         appendfsync=appendfsync,
         tick_ms=_int(env, "TICK_MS", 50, 1, 10_000),
         election_ticks=_int(env, "ELECTION_TICKS", 10, 2, 1000),

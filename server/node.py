@@ -219,13 +219,14 @@ class Node:
             asyncio.create_task(run_clock(self.replica), name="clock"),
         ]
         logger.info(
-            "node %s serving: gRPC %s:%d, HTTP %d, metrics %d, redis %s",
+            "node %s serving: gRPC %s:%d, HTTP %d, metrics %d, redis %s, peers %s",
             cfg.node_id,
             cfg.bind_host,
             cfg.grpc_port,
             cfg.http_port,
             cfg.metrics_port,
             redacted(cfg.redis_url) if cfg.redis_url else f"private ({cfg.data_dir / 'redis'})",
+            "must send the CLUSTER_TOKEN" if cfg.cluster_token else "not authenticated (no CLUSTER_TOKEN)",
         )
 
     async def wait(self) -> None:

@@ -34,6 +34,9 @@ _log = logging.getLogger(__name__)
 # write outlived its deadline, or the call had already finished.
 _STREAM_ERRORS = (grpc.RpcError, TimeoutError, asyncio.InvalidStateError)
 
+# What a peer answers a stream it will not take from us: a configuration mistake.
+_REFUSALS = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION})
+
 # How long close() waits for a sender to finish after cancelling it.
 _CLOSE_TIMEOUT = 1.0
 
@@ -115,6 +118,7 @@ class PeerLink:
         self._outage_reported = False
         self._last_sent: float | None = None
         self._sent = 0
+        self._sent_on_call = 0  # messages written on the current call
         self._dropped = 0
 
     def push(self, messages: list[Message]) -> None:
@@ -171,15 +175,21 @@ class PeerLink:
             if not self._pending():
                 self._wake.clear()
                 continue
+            pause = None
             try:
                 await self._stream(open_stream)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _REFUSALS:
+                    pause = self._refused(exc)
+                else:
+                    self._lose_pending(exc)
             except _STREAM_ERRORS as exc:
                 self._lose_pending(exc)
             except Exception as exc:  # a dead sender would cut the peer off for good
                 _log.exception("raft peer %s: unexpected error in the sender; dropping its queue", self.peer)
                 self._lose_pending(exc)
             self._connected = False
-            await asyncio.sleep(self._backoff.next())
+            await asyncio.sleep(pause if pause is not None else self._backoff.next())
 
     async def _stream(self, open_stream: grpc.aio.StreamUnaryMultiCallable[bytes, Any]) -> None:
         """Writes batches on one call until the call ends; raises when a batch may be lost.
@@ -192,11 +202,13 @@ class PeerLink:
             metadata.append((TOKEN_METADATA, self._settings.token))
         call = open_stream(wait_for_ready=False, metadata=metadata)
         call.add_done_callback(self._on_call_done)
+        self._sent_on_call = 0
         write_timeout = self._settings.write_timeout
         try:
             while True:
                 while self._pending():
                     if call.done():
+                        await _raise_if_refused(call)
                         return  # ended between writes: nothing lost, reopen
                     taken = self._take_batch()
                     if taken is None:
@@ -211,10 +223,12 @@ class PeerLink:
                         self._dropped += count
                         raise
                     self._sent += count
+                    self._sent_on_call += count
                     self._last_sent = time.monotonic()
                     self._mark_reachable()
                 self._wake.clear()
                 if call.done():
+                    await _raise_if_refused(call)
                     return
                 await self._wake.wait()
                 # One more turn of the loop lets the rest of this burst (an append's
@@ -290,11 +304,13 @@ class PeerLink:
             return []
         return [(chunk, 0) for chunk in chunks[:-1]] + [(data, 1)]
 
-    def _lose_pending(self, exc: BaseException) -> None:
-        lost = len(self._queue) + self._framed()
+    def _drop_queued(self) -> None:
+        self._dropped += len(self._queue) + self._framed()
         self._queue.clear()
         self._frames.clear()
-        self._dropped += lost
+
+    def _lose_pending(self, exc: BaseException) -> None:
+        self._drop_queued()
         if not self._outage_reported:
             self._outage_reported = True
             _log.warning(
@@ -305,12 +321,38 @@ class PeerLink:
                 self._settings.backoff_max,
             )
 
+    def _refused(self, exc: grpc.aio.AioRpcError) -> float:
+        """The peer turned our stream away (another cluster, a missing or wrong token): a
+        configuration to fix, not an outage.  Says so (rate-limited), drops what waits,
+        and returns how long to wait before asking again."""
+        self._connected = False
+        self._drop_queued()
+        # What went out on the refused call never reached the peer's node.
+        self._sent -= self._sent_on_call
+        self._dropped += self._sent_on_call
+        self._errors.warning(
+            ("refused", exc.code()),
+            "raft peer %s at %s refused this node's stream (%s): %s",
+            self.peer,
+            self.address,
+            exc.code().name,
+            exc.details(),
+        )
+        return self._settings.backoff_max
+
     def _mark_reachable(self) -> None:
         self._connected = True
         self._backoff.reset()
         if self._outage_reported:
             self._outage_reported = False
             _log.info("raft peer %s at %s is reachable again", self.peer, self.address)
+
+
+async def _raise_if_refused(call: grpc.aio.StreamUnaryCall[bytes, Any]) -> None:
+    """Raises the peer's AioRpcError if it ended `call` refusing us (see _REFUSALS); any
+    other end just means the stream is to be reopened."""
+    if await call.code() in _REFUSALS:
+        await call
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,16 +41,22 @@ def indices(messages: list[Message]) -> list[int]:
 
 @pytest.mark.parametrize(("sent", "arrives"), [("same-token-0123456789", True), ("", False)])
 async def test_a_transport_speaks_to_a_peer_with_the_clusters_token(
-    make_transport: MakeTransport, sent: str, arrives: bool
+    make_transport: MakeTransport, sent: str, arrives: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with PeerServer("b", cluster="c", token="same-token-0123456789") as b:
         transport = make_transport({"b": b.address}, cluster="c", token=sent)
         transport.send([append(0)])
         if arrives:
             await wait_until(lambda: b.received == [append(0)])
-        else:
-            await wait_until(lambda: b.servicer.stats.unauthenticated_streams > 0)
-            assert b.received == []
+            return
+        # Refused: the sender says so, counts the message lost, and does not hammer the peer.
+        await wait_until(lambda: transport.peer_stats()["b"].dropped == 1)
+        assert b.received == [] and transport.peer_stats()["b"].sent == 0
+        assert "refused this node's stream (UNAUTHENTICATED)" in caplog.text and "CLUSTER_TOKEN" in caplog.text
+        for i in range(1, 20):
+            transport.send([append(i)])
+            await asyncio.sleep(0.01)
+        assert b.servicer.stats.unauthenticated_streams <= 2, "a refused sender must back off, not retry at once"
 
 
 async def test_batches_arrive_complete_and_in_order(make_transport: MakeTransport) -> None:

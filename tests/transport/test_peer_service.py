@@ -92,6 +92,11 @@ async def test_with_a_cluster_token_a_stream_without_it_is_refused_whole() -> No
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "CLUSTER_TOKEN" in str(refused.value.details())
         assert b.received == [] and b.servicer.stats.unauthenticated_streams == 3
+        # The token is asked first: a stranger learns nothing, not even the cluster's name.
+        stranger = channel.stream_unary(STREAM_METHOD)(metadata=((CLUSTER_METADATA, "west"),))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stranger
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "east" not in str(refused.value.details())
         member = channel.stream_unary(STREAM_METHOD)(metadata=((CLUSTER_METADATA, "east"), (TOKEN_METADATA, secret)))
         await member.write(frame_batch([wire(append(1))]))
         await wait_until(lambda: len(b.received) == 1)

@@ -70,10 +70,11 @@ def test_a_peer_entry_may_give_the_members_http_address() -> None:
         ({"PEERS": "node2=http://[::1:25052"}, "not a peer URL"),
         ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://127.0.0.1:99999"}, "REDIS_URL"),
-        ({"CLUSTER_TOKEN": "short"}, "CLUSTER_TOKEN must be 16-256 printable ASCII"),
-        ({"CLUSTER_TOKEN": "x" * 257}, "CLUSTER_TOKEN"),
-        ({"CLUSTER_TOKEN": "0123456789abcdef\u00e9"}, "CLUSTER_TOKEN"),  # metadata is ASCII
-        ({"CLUSTER_TOKEN": "0123456789\tabcdef"}, "CLUSTER_TOKEN"),
+        ({"CLUSTER_TOKEN": "short"}, "CLUSTER_TOKEN must be 16-256 characters, got 5"),
+        ({"CLUSTER_TOKEN": "x" * 257}, "CLUSTER_TOKEN must be 16-256 characters, got 257"),
+        ({"CLUSTER_TOKEN": "0123456789abcdef\u00e9"}, "printable ASCII only, not 'é'"),  # metadata is ASCII
+        ({"CLUSTER_TOKEN": "0123456789\tabcdef"}, "printable ASCII only, not '\\\\t'"),
+        ({"CLUSTER_TOKEN": " \t "}, "only blanks, which would turn peer authentication off"),
     ],
 )
 def test_mistakes_are_refused_with_a_message_naming_the_fix(
@@ -104,6 +105,7 @@ def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None
     assert redacted(url) == shown
 
 
-def test_a_cluster_token_is_optional_and_kept_as_given() -> None:
-    assert load(BASE).cluster_token == ""
-    assert load(BASE | {"CLUSTER_TOKEN": " 0123456789abcdef "}).cluster_token == "0123456789abcdef"
+def test_a_cluster_token_is_optional_and_kept_as_given_but_never_shown() -> None:
+    assert load(BASE).cluster_token == load(BASE | {"CLUSTER_TOKEN": ""}).cluster_token == ""
+    cfg = load(BASE | {"CLUSTER_TOKEN": " 0123456789abcdef "})
+    assert cfg.cluster_token == "0123456789abcdef" and "0123456789abcdef" not in repr(cfg)
