@@ -190,5 +190,14 @@ class RaftCollector(Collector):
         )
         rejected.add_metric(["malformed"], received.malformed)
         rejected.add_metric(["misaddressed"], received.misaddressed)
+        rejected.add_metric(["stranger"], received.strangers)
         yield rejected
+        refused = CounterMetricFamily(
+            "dsync_peer_streams_refused_total",
+            "Peer streams refused whole: naming another cluster, or without this cluster's CLUSTER_TOKEN.",
+            labels=["reason"],
+        )
+        refused.add_metric(["other_cluster"], received.foreign_streams)
+        refused.add_metric(["no_token"], received.unauthenticated_streams)
+        yield refused
 

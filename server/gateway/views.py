@@ -77,6 +77,15 @@ class ReceiveView(Protocol):
     @property
     def misaddressed(self) -> int: ...
 
+    @property
+    def strangers(self) -> int: ...
+
+    @property
+    def foreign_streams(self) -> int: ...
+
+    @property
+    def unauthenticated_streams(self) -> int: ...
+
 
 class LockTotals(Protocol):
     """server.fsm.lock.LockMachine."""

@@ -46,7 +46,9 @@ def in_process_registry(gw: Gateways, nid: str) -> CollectorRegistry:
     """The node's collectors over the harness' objects (its transport is the in-memory one)."""
     machine = gw.cluster.machine(nid)
     servicers = gw.servicers[nid]
-    received = SimpleNamespace(batches=0, messages=0, malformed=0, misaddressed=0)
+    received = SimpleNamespace(
+        batches=0, messages=0, malformed=0, misaddressed=0, strangers=0, foreign_streams=0, unauthenticated_streams=0
+    )
     return node_registry(
         [
             RaftCollector(gw.cluster.raft.replica(nid), dict, received, dict),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.request import urlopen
 
 import grpc
 import pytest
@@ -368,6 +370,10 @@ async def test_a_node_without_the_clusters_token_neither_joins_nor_disturbs_it(t
             state = states[member]
             assert state is not None and state["leader"] == leader
             assert state["term"] == term, "the impostor's campaign moved the members' term"
+            with urlopen(f"http://127.0.0.1:{cluster.node(member).metrics_port}/metrics", timeout=5) as page:
+                metrics = page.read().decode()
+            (refused,) = re.findall(r'^dsync_peer_streams_refused_total\{reason="no_token"\} (\S+)$', metrics, re.M)
+            assert float(refused) >= 1
     finally:
         await cluster.stop()
 
