@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -240,15 +241,12 @@ def _port_problem(args: argparse.Namespace) -> str | None:
     for flag, ports in ranges.items():
         if ports.start < 1 or ports.stop - 1 > 65535:
             return f"{flag} {ports.start}: {args.nodes} nodes need ports {ports.start}..{ports.stop - 1}, within 1..65535"
-    flags = list(ranges)
-    for i, flag in enumerate(flags):
-        for other in flags[i + 1 :]:
-            a, b = ranges[flag], ranges[other]
-            if a.start < b.stop and b.start < a.stop:
-                return (
-                    f"{flag} {a.start} and {other} {b.start}: {args.nodes} nodes take ports "
-                    f"{a.start}..{a.stop - 1} and {b.start}..{b.stop - 1}, which overlap; move one range"
-                )
+    for (flag, a), (other, b) in itertools.combinations(ranges.items(), 2):
+        if a.start < b.stop and b.start < a.stop:
+            return (
+                f"{flag} {a.start} and {other} {b.start}: {args.nodes} nodes take ports "
+                f"{a.start}..{a.stop - 1} and {b.start}..{b.stop - 1}, which overlap; move one range"
+            )
     return None
 
 

@@ -234,8 +234,10 @@ class EmbeddedRedis:
             port = free_port()
             return [*args, "--bind", "127.0.0.1", "--port", str(port)], f"redis://127.0.0.1:{port}/0"
         path = str(self.data_dir / SOCKET_FILE)
-        if len(path.encode()) > _MAX_UNIX_PATH:
-            raise RedisStartError(f"unix socket path {path} is longer than {_MAX_UNIX_PATH} bytes; use a shorter data dir")
+        if not unix_socket_fits(self.data_dir):
+            raise RedisStartError(
+                f"unix socket path {path!r} is longer than {_MAX_UNIX_PATH} bytes or not UTF-8; use a shorter data dir"
+            )
         # Quoted: a '#', '?' or '%' in the data dir is part of the path, not of the URL.
         url = f"unix://{quote(path, safe='/')}?db=0"
         return [*args, "--port", "0", "--unixsocket", path, "--unixsocketperm", "700"], url

@@ -97,32 +97,11 @@ class RaftPeerServicer:
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
         address = context.peer()
-        metadata = dict(context.invocation_metadata() or ())
-        if self._token and not hmac.compare_digest(str(metadata.get(TOKEN_METADATA, "")).encode(), self._token):
-            self.stats.unauthenticated_streams += 1
-            self._faults.warning(
-                (address, "token"),
-                "raft stream from %s without this cluster's token: refused; give every member the same CLUSTER_TOKEN",
-                address,
-            )
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this cluster's peers must send its CLUSTER_TOKEN: give the sender the same CLUSTER_TOKEN",
-            )
-        named = metadata.get(CLUSTER_METADATA, "")
-        if named != self._cluster:
-            self.stats.foreign_streams += 1
-            self._faults.warning(
-                (address, "cluster"),
-                "raft stream from %s names cluster %r, not this node's %r: refused; check its PEERS and CLUSTER_NAME",
-                address,
-                named,
-                self._cluster,
-            )
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"this node belongs to cluster {self._cluster!r}, not {named!r}: check the sender's PEERS",
-            )
+        refusal = self._refusal(dict(context.invocation_metadata() or ()))
+        if refusal is not None:
+            code, why, details = refusal
+            self._faults.warning((address, code), "raft stream from %s %s", address, why)
+            await context.abort(code, details)
         inbox = self._inbox
         chunks = SnapshotAssembler()  # per stream: a snapshot's chunks never span two
         async for request in request_iterator:
@@ -131,6 +110,27 @@ class RaftPeerServicer:
                 self.stats.messages += len(batch)
                 inbox(batch)
         return _EMPTY_RESPONSE
+
+    def _refusal(self, metadata: dict[str, Any]) -> tuple[grpc.StatusCode, str, str] | None:
+        """Why a stream is refused whole, if it is: its status, what the log says after the
+        sender's address, and what the sender is told.  The token is asked first, so a
+        stranger learns nothing, not even the cluster's name."""
+        if self._token and not hmac.compare_digest(str(metadata.get(TOKEN_METADATA, "")).encode(), self._token):
+            self.stats.unauthenticated_streams += 1
+            return (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "without this cluster's token: refused; give every member the same CLUSTER_TOKEN",
+                "this cluster's peers must send its CLUSTER_TOKEN: give the sender the same CLUSTER_TOKEN",
+            )
+        named = metadata.get(CLUSTER_METADATA, "")
+        if named != self._cluster:
+            self.stats.foreign_streams += 1
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"names cluster {named!r}, not this node's {self._cluster!r}: refused; check its PEERS and CLUSTER_NAME",
+                f"this node belongs to cluster {self._cluster!r}, not {named!r}: check the sender's PEERS",
+            )
+        return None
 
     def _decode(self, request: bytes, address: str, chunks: SnapshotAssembler) -> list[Message]:
         stats = self.stats
