@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -145,6 +146,7 @@ def _normalise_value(field: FieldDescriptor, value: Any, name: str) -> Any:
     return value
 
 
+@functools.cache
 def _enum_prefix(enum: EnumDescriptor) -> str:
     return "".join(("_" + c if c.isupper() else c.upper()) for c in enum.name).lstrip("_") + "_"
 
@@ -172,17 +174,24 @@ def _check_base64(value: str, name: str) -> None:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"the key {key!r} appears twice in one JSON object; give it once")
-        obj[key] = value
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} appears twice in one JSON object; give it once")
+            seen.add(key)
     return obj
+
+
+# One decoder for every body: json.loads builds a new one per call when given a hook.
+_BODY_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 
 def _decode_body(raw: bytes) -> Any:
     try:
-        return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        # As json.loads reads bytes: UTF-8, or UTF-16/32 told by the first bytes.
+        return _BODY_DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise ValueError("the body's JSON nests too deeply to parse: flatten it") from None
 
@@ -223,6 +232,25 @@ async def _parse(route: Route, path_fields: list[str], http: web.Request, messag
     json_format.ParseDict(_normalise(route.request, payload), message)
 
 
+class _DeadlinePassed(Exception):
+    """The request's own deadline passed before the servicer answered."""
+
+
+async def _within(deadline: float | None, call: Awaitable[ProtoMessage]) -> ProtoMessage:
+    """`call`'s answer; _DeadlinePassed if `deadline` (the loop's clock) passes first.
+    Without a deadline no timer is set: the servicer bounds its own waits."""
+    if deadline is None:
+        return await call
+    scope = asyncio.timeout_at(deadline)
+    try:
+        async with scope:
+            return await call
+    except TimeoutError:
+        if scope.expired():
+            raise _DeadlinePassed from None
+        raise
+
+
 def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     request_class = GetMessageClass(route.request)
     path_fields = [f.name for f in route.request.fields if "{" + f.name + "}" in route.path]
@@ -239,13 +267,10 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
         deadline = None if timeout is None else loop.time() + timeout
         context = InProcessContext(deadline)
         try:
-            async with asyncio.timeout_at(deadline) as scope:
-                reply = await route.method(message, context)
+            reply = await _within(deadline, route.method(message, context))
         except Aborted as exc:
             return error_response(exc.code, exc.details)
-        except TimeoutError:
-            if not scope.expired():
-                raise
+        except _DeadlinePassed:
             return error_response(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no answer within the {TIMEOUT_HEADER} of {header}; a write may still take effect: "
