@@ -115,6 +115,13 @@ def _check(resource: str, owner: str, **durations: tuple[int, int]) -> Refusal |
     return None
 
 
+def _edges_for(resource: str, lock: Lock, waiter: Waiter) -> list[Edge]:
+    """A request's out-edges in the wait-for graph, whether queued or about to be: the
+    deadlock check must see a new request exactly as the graph will once it is queued."""
+    blockers = lock.blockers(waiter.owner, waiter.mode, lock.position(waiter))
+    return [Edge(waiter.owner, resource, b, holds, waiter.mode) for b, holds in blockers]
+
+
 def _queued(ahead: int, waiter: Waiter) -> fsm_lock_pb2.LockAcquireOutcome:
     queued = fsm_lock_pb2.LockAcquireOutcome.Queued(ahead=ahead, wait_id=waiter.wait_id)
     return fsm_lock_pb2.LockAcquireOutcome(queued=queued)
@@ -313,10 +320,8 @@ class LockMachine:
         return _queued(lock.position(waiter), waiter)
 
     def _enqueue(self, resource: str, lock: Lock, waiter: Waiter) -> Result:
-        """Queue a request -- an upgrade first, anything else last -- unless it would deadlock."""
-        owner, mode = waiter.owner, waiter.mode
-        blockers = lock.blockers(owner, mode, 0 if waiter.upgrade else len(lock.waiters))
-        cycle = find_cycle([Edge(owner, resource, b, holds, mode) for b, holds in blockers], self._edges)
+        """Queue a request in its rank's place unless it would deadlock."""
+        cycle = find_cycle(_edges_for(resource, lock, waiter), self._edges)
         if cycle is not None:
             return Refusal(
                 Code.ABORTED,
@@ -324,8 +329,8 @@ class LockMachine:
                 "release a lock in the cycle, or acquire resources in one global order",
             )
         position = lock.enqueue(waiter)
-        self._waiting.setdefault(owner, set()).add(resource)
-        self._starting.append((WAIT, resource, owner))
+        self._waiting.setdefault(waiter.owner, set()).add(resource)
+        self._starting.append((WAIT, resource, waiter.owner))
         return _queued(position, waiter)
 
     def _release(self, req: fsm_lock_pb2.LockCommand.Release, ctx: ApplyContext) -> Result:
@@ -471,8 +476,7 @@ class LockMachine:
             lock = self._locks[resource]
             waiter = lock.waiter(owner)
             assert waiter is not None, f"{owner} is indexed as waiting for {resource!r} but is not queued"
-            blockers = lock.blockers(owner, waiter.mode, lock.position(waiter))
-            edges += [Edge(owner, resource, b, holds, waiter.mode) for b, holds in blockers]
+            edges += _edges_for(resource, lock, waiter)
         return edges
 
     def _live_timers(self) -> list[Timer]:

@@ -9,7 +9,7 @@ remembering and memory follows the locks in use, not every name ever locked.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -55,7 +55,7 @@ class Waiter:
     timeout_ms: int
     deadline_ms: int  # provisional (now + timeout) until started
     wait_id: int  # the log index of the entry that queued it: this wait's identity
-    upgrade: bool = False  # a shared holder waiting for exclusive: always first in line
+    upgrade: bool = False  # a shared holder waiting for exclusive (its place: see `rank`)
     started: bool = False
     # A wait queued before waits had ids, restored from a snapshot of then, has wait_id 0
     # and ranks by its place in the queue at the restore.  Another replica that replayed
@@ -70,8 +70,10 @@ class Waiter:
 
     @property
     def rank(self) -> int:
-        """Its place in the queue as a number: an upgrade (at most one per lock, see
-        LockMachine) comes first, everyone else in arrival order, which is log order."""
+        """Its place in the queue as a number; `Lock` places, finds and counts requests by
+        it alone.  An upgrade (at most one per lock, see LockMachine) comes first: everyone
+        queued waits for its shared hold, so behind them it would deadlock.  Everyone else
+        comes in arrival order, which is log order, so a new request joins last."""
         return 0 if self.upgrade else self.wait_id or self.legacy_rank
 
 
@@ -101,17 +103,15 @@ class Lock:
         return self._by_owner.get(owner)
 
     def position(self, waiter: Waiter) -> int:
-        """How many requests are ahead of a queued one."""
+        """How many requests are ahead of a queued one, or would be of one about to queue."""
         return bisect_left(self.waiters, waiter.rank, key=_rank)
 
     def enqueue(self, waiter: Waiter) -> int:
-        """Queue a request in its rank's place (an upgrade first, anything else last); its position."""
-        position = 0 if waiter.upgrade else len(self.waiters)
+        """Queue a request in its rank's place; its position."""
+        position = self.position(waiter)
         self.waiters.insert(position, waiter)
-        ranks = [w.rank for w in self.waiters[max(position - 1, 0) : position + 2]]
-        assert ranks == sorted(set(ranks)), f"wait ids out of queue order at {position}: {ranks}"
         if waiter.mode is Mode.EXCLUSIVE:
-            self._exclusive.insert(0 if waiter.upgrade else len(self._exclusive), waiter)
+            insort(self._exclusive, waiter, key=_rank)
         self._by_owner[waiter.owner] = waiter
         return position
 
