@@ -13,8 +13,8 @@ from types import TracebackType
 from . import lock_ops
 from .aio_transport import AsyncTransport
 from .errors import DsyncError, LockLost, NotHeld
+from .lease import answered_in_time, block_owner, confirmation, lost_before_start, release_timeout, same_hold
 from .lock_ops import Grant, Mode
-from .locks import answered_in_time, block_owner, confirmation, lost_before_start, same_hold
 from .retry import check_seconds
 
 log = logging.getLogger("dsync_client")
@@ -70,10 +70,10 @@ class AsyncLockContext:
         try:
             started = sent if answered_in_time(sent, self._ttl) else await self._confirm(held)
         except DsyncError:
-            # Free it for others if it is still held, trying no longer than its lease lasts.
+            # Free it for others if it is still held.
             release = lock_ops.release(self._resource, self._owner)
             with contextlib.suppress(DsyncError):
-                await self._t.run(release, timeout=min(self._ttl, self._t.policy.timeout))
+                await self._t.run(release, timeout=release_timeout(self._ttl, self._t.policy))
             raise
         self._refresher = asyncio.create_task(self._refresh(held, started), name=f"dsync-lock-{self._resource}")
         return held

@@ -19,10 +19,10 @@ from types import TracebackType
 
 from . import queue_ops
 from .aio_transport import AsyncTransport
+from .consuming import UNSETTLED, with_backoff
 from .errors import DsyncError, FailedPrecondition, NotFound
 from .ops import ConsistencyName
-from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
-from .queues import UNSETTLED
+from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing
 from .retry import check_seconds
 from .values import Body
 
@@ -50,8 +50,6 @@ class AsyncMessage:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.settled:
-            return
         if exc is None:
             await _ack_after_handling(self)
         else:
@@ -156,10 +154,8 @@ class AsyncQueue:
         """Take up to `max_messages` ready messages, waiting up to `wait` s (at most 20)
         (see queues.Queue.receive)."""
         op = queue_ops.consume(self.topic, consumer, max_messages, visibility_timeout, wait)
-        return [
-            AsyncMessage(self, d, nack_delay(d.delivery_count, retry_delay, max_retry_delay))
-            for d in await self._t.run(op)
-        ]
+        received = with_backoff(await self._t.run(op), retry_delay, max_retry_delay)
+        return [AsyncMessage(self, d, backoff) for d, backoff in received]
 
     async def consume(
         self,
@@ -193,9 +189,7 @@ class AsyncQueue:
                     yield handling
                     keeper.drop(handling)
                     handled, handling = handling, None
-                    if not handled.settled:
-                        log.warning(UNSETTLED, handled.id, handled.backoff)
-                        await _hand_back(handled, handled.backoff)
+                    await _hand_back(handled, handled.backoff, warn=True)
         finally:
             await keeper.stop()
             if handling is not None:
@@ -217,15 +211,19 @@ class AsyncQueue:
 
 
 async def _ack_after_handling(message: AsyncMessage) -> None:
+    if message.settled:  # by hand
+        return
     try:
         await message.ack()
     except (NotFound, FailedPrecondition) as gone:  # redelivered meanwhile: that delivery settles it
         log.warning("handled message %r could not be acked: %s", message.id, gone)
 
 
-async def _hand_back(message: AsyncMessage, delay: float) -> None:
+async def _hand_back(message: AsyncMessage, delay: float, *, warn: bool = False) -> None:
     if message.settled:
         return
+    if warn:  # the loop went on past it
+        log.warning(UNSETTLED, message.id, delay)
     try:
         await message.nack(delay)
     except DsyncError as error:  # it comes back when its visibility timeout passes

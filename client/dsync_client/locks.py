@@ -16,7 +16,6 @@ holder that did not notice in time.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
 import time
@@ -24,52 +23,12 @@ from types import TracebackType
 
 from . import lock_ops
 from .errors import DsyncError, LockLost, NotHeld
+from .lease import answered_in_time, block_owner, confirmation, lost_before_start, release_timeout, same_hold
 from .lock_ops import Grant, Mode
 from .retry import check_seconds
 from .transport import Transport
 
 log = logging.getLogger("dsync_client")
-_blocks = itertools.count(1)
-
-
-def answered_in_time(sent: float, ttl: float) -> bool:
-    """Whether an Acquire whose first attempt was sent at `sent` was answered within the
-    refresh period, ttl/3.  Its grant came after `sent`, so the lease then has over two
-    thirds of its ttl left; a later answer may carry a grant whose lease is mostly gone,
-    or over, and is confirmed by a refresh before the block starts."""
-    return time.monotonic() - sent < ttl / 3
-
-
-def confirmation(sent: float, ttl: float, token: int, renewal: Grant) -> Grant:
-    """`renewal`, the answer to a refresh sent at `sent` to confirm a late grant, if it may
-    start the block: it renewed this hold, and within ttl/3, as a grant must be answered --
-    later, the block could start with little of its lease left and outlive it before the
-    first periodic refresh.  DsyncError otherwise."""
-    same_hold(token, renewal)
-    if not answered_in_time(sent, ttl):
-        raise DsyncError(f"confirming it took over a third of its {ttl:g}s ttl")
-    return renewal
-
-
-def same_hold(token: int, renewal: Grant) -> Grant:
-    """`renewal` if it renewed the hold with fencing token `token`.  Another token means
-    the owner now holds under another grant (the server refuses that too; this guards the
-    block's token against any answer that is not its own hold's)."""
-    if renewal.token != token:
-        raise DsyncError(f"a refresh answered for token {renewal.token}, not this block's {token}")
-    return renewal
-
-
-def lost_before_start(resource: str, token: int, why: str) -> LockLost:
-    return LockLost(
-        f"the lease on {resource!r} (token {token}) may have ended before the block could start ({why}); "
-        "the block did not run: take the lock again"
-    )
-
-
-def block_owner(client_id: str) -> str:
-    """An owner name for one `with` block: the client's id and a counter."""
-    return f"{client_id}/{next(_blocks)}"
 
 
 class HeldLock:
@@ -123,10 +82,10 @@ class LockContext:
         try:
             started = sent if answered_in_time(sent, self._ttl) else self._confirm(held)
         except DsyncError:
-            # Free it for others if it is still held, trying no longer than its lease lasts.
+            # Free it for others if it is still held.
             release = lock_ops.release(self._resource, self._owner)
             with contextlib.suppress(DsyncError):
-                self._t.run(release, timeout=min(self._ttl, self._t.policy.timeout))
+                self._t.run(release, timeout=release_timeout(self._ttl, self._t.policy))
             raise
         self._refresher = threading.Thread(
             target=self._refresh, args=(held, started), name=f"dsync-lock-{self._resource}", daemon=True

@@ -27,18 +27,15 @@ from collections.abc import Generator, Iterable
 from types import TracebackType
 
 from . import queue_ops
+from .consuming import UNSETTLED, with_backoff
 from .errors import DsyncError, FailedPrecondition, NotFound
 from .ops import ConsistencyName
-from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing, nack_delay
+from .queue_ops import Delivery, Outgoing, Published, QueueStats, as_outgoing
 from .retry import check_seconds
 from .transport import Transport
 from .values import Body
 
 log = logging.getLogger("dsync_client")
-UNSETTLED = (
-    "message %r was neither acked nor nacked before the loop went on (the body may have failed): nacked, "
-    "back in %gs; settle each message with `with msg:` or msg.ack()"
-)
 
 
 class Message:
@@ -63,8 +60,6 @@ class Message:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.settled:
-            return
         if exc is None:
             _ack_after_handling(self)
         else:
@@ -177,9 +172,8 @@ class Queue:
         that fails in `with msg:` rests `retry_delay * 2**(delivery - 1)` s (at most
         `max_retry_delay`) before it is ready again."""
         op = queue_ops.consume(self.topic, consumer, max_messages, visibility_timeout, wait)
-        return [
-            Message(self, d, nack_delay(d.delivery_count, retry_delay, max_retry_delay)) for d in self._t.run(op)
-        ]
+        received = with_backoff(self._t.run(op), retry_delay, max_retry_delay)
+        return [Message(self, d, backoff) for d, backoff in received]
 
     def consume(
         self,
@@ -219,9 +213,7 @@ class Queue:
                     yield handling
                     keeper.drop(handling)
                     handled, handling = handling, None
-                    if not handled.settled:
-                        log.warning(UNSETTLED, handled.id, handled.backoff)
-                        _hand_back(handled, handled.backoff)
+                    _hand_back(handled, handled.backoff, warn=True)
         finally:
             keeper.stop()
             if handling is not None:
@@ -247,19 +239,25 @@ class Queue:
 
 
 def _ack_after_handling(message: Message) -> None:
-    """Ack a handled message; one that was meanwhile redelivered (its visibility passed) is
-    the new delivery's to settle, which at-least-once delivery allows."""
+    """Ack a handled message unless it was settled by hand; one that was meanwhile
+    redelivered (its visibility passed) is the new delivery's to settle, which
+    at-least-once delivery allows."""
+    if message.settled:
+        return
     try:
         message.ack()
     except (NotFound, FailedPrecondition) as gone:
         log.warning("handled message %r could not be acked: %s", message.id, gone)
 
 
-def _hand_back(message: Message, delay: float) -> None:
-    """Nack an unsettled message, ready again after `delay` s; one that cannot be nacked
-    comes back when its visibility timeout passes."""
+def _hand_back(message: Message, delay: float, *, warn: bool = False) -> None:
+    """Nack an unsettled message, ready again after `delay` s, first logging UNSETTLED if
+    `warn` (the loop went on past it); one that cannot be nacked comes back when its
+    visibility timeout passes."""
     if message.settled:
         return
+    if warn:
+        log.warning(UNSETTLED, message.id, delay)
     try:
         message.nack(delay)
     except DsyncError as error:

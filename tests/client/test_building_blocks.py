@@ -16,7 +16,7 @@ from dsync.v1 import common_pb2, lock_pb2
 from dsync_client import Client, cache_ops, cluster_ops, errors, lock_ops, queue_ops
 from dsync_client.cli_output import Exit, exit_code
 from dsync_client.endpoints import SUSPECT_S, Endpoints, parse_endpoints
-from dsync_client.locks import same_hold
+from dsync_client.lease import same_hold
 from dsync_client.queue_ops import nack_delay
 from dsync_client.retry import Attempts, RetryPolicy
 from dsync_client.session import SessionPool
