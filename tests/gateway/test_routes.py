@@ -9,6 +9,9 @@ integers as strings, every field present).
 from __future__ import annotations
 
 import asyncio
+import json
+
+import pytest
 
 from server.fsm.lock import LockMachine
 from server.fsm.queue import ready_key
@@ -164,6 +167,18 @@ async def test_cache_routes(gw: Gateways) -> None:
     assert gone["existed"] is True and gone["version"] == swapped["version"]
     miss = await gw.ok("n2", "/cache/get", {"key": "k"})
     assert (miss["found"], miss["version"], "value" in miss) == (False, "0", False)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+async def test_a_body_in_any_encoding_json_allows_is_read_as_json_loads_reads_bytes(gw: Gateways, encoding: str) -> None:
+    """RFC 8259 asks for UTF-8, but json.loads also reads UTF-16 and UTF-32 (told by the
+    first bytes); the gateway, which decodes bodies with a decoder of its own, reads them
+    the same way."""
+    body = json.dumps({"key": "k\u00e9", "value": "\u20ac"}).encode(encoding)
+    status, answer = await gw.post("n1", "/cache/put", body)
+    assert status == 200, answer
+    got = await gw.ok("n1", "/cache/get", {"key": "k\u00e9"})
+    assert got["value"] == "\u20ac"
 
 
 async def test_cluster_routes_answer_get_with_the_nodes_view(gw: Gateways) -> None:
