@@ -109,6 +109,9 @@ class Lock:
     def enqueue(self, waiter: Waiter) -> int:
         """Queue a request in its rank's place; its position."""
         position = self.position(waiter)
+        # Ranks must be unique: `remove` finds a wait by its rank alone.
+        tied = position < len(self.waiters) and self.waiters[position].rank == waiter.rank
+        assert not tied, f"two waits for one lock share rank {waiter.rank}"
         self.waiters.insert(position, waiter)
         if waiter.mode is Mode.EXCLUSIVE:
             insort(self._exclusive, waiter, key=_rank)
