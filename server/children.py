@@ -17,8 +17,11 @@ import ctypes
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# How much of a log's end `log_tail` reads: logs grow across runs.
+_TAIL_BYTES = 64 * 1024
 
 
 def _resolve_prctl() -> Callable[..., int] | None:
@@ -52,3 +55,16 @@ def die_with_parent() -> Callable[[], None]:
                 os._exit(1)
 
     return tie
+
+
+def log_tail(path: Path, lines: int, start: int = 0) -> str:
+    """The last `lines` lines a child wrote to its log at or after byte `start` (where its
+    run began, when runs share the file), reading at most the log's last 64 KiB; "(no
+    log)" if it cannot be read.  What a parent shows when a child fails."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(start, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])

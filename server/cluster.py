@@ -28,10 +28,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 from server.raft.quorum import majority
-from server.children import die_with_parent
-
-# How much of the end of a node's log `_tail` reads: the log grows across runs.
-_TAIL_BYTES = 64 * 1024
+from server.children import die_with_parent, log_tail
 
 
 def free_ports(count: int) -> list[int]:
@@ -182,7 +179,7 @@ class LocalCluster:
                     assert node.process is not None
                     raise RuntimeError(
                         f"{node.name} exited with status {node.process.returncode}; "
-                        f"see {node.log_path}:\n{_tail(node.log_path)}"
+                        f"see {node.log_path}:\n{log_tail(node.log_path, 20)}"
                     )
             states = await self.states()
             leaders = {s.get("leader") for s in states.values() if s is not None}
@@ -216,17 +213,6 @@ def _tie_to_launcher() -> Callable[[], None]:
         die_with_launcher()
 
     return setup
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log that may have grown over many runs."""
-    try:
-        with open(path, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
-            text = log.read().decode(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _ports(first: int, count: int) -> list[int]:
@@ -307,7 +293,7 @@ async def _main(args: argparse.Namespace) -> int:
                 reported.add(node.name)
                 print(
                     f"{node.name} exited with status {node.process.returncode}; the end of {node.log_path}:\n"
-                    f"{_tail(node.log_path, 12)}"
+                    f"{log_tail(node.log_path, 12)}"
                 )
     print("stopping the cluster ...")
     await cluster.stop()

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.children import die_with_parent
+from server.children import die_with_parent, log_tail
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -268,13 +268,7 @@ class EmbeddedRedis:
 
     def _log_tail(self, lines: int = 20) -> str:
         """The last lines this run wrote (earlier runs' lines would mislead)."""
-        try:
-            with open(self.data_dir / LOG_FILE, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        return log_tail(self.data_dir / LOG_FILE, lines, self._log_offset) or "(empty log)"
 
 
 def _signal_name(number: int) -> str:

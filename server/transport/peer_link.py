@@ -325,7 +325,6 @@ class PeerLink:
         """The peer turned our stream away (another cluster, a missing or wrong token): a
         configuration to fix, not an outage.  Says so (rate-limited), drops what waits,
         and returns how long to wait before asking again."""
-        self._connected = False
         self._drop_queued()
         # What went out on the refused call never reached the peer's node.
         self._sent -= self._sent_on_call
