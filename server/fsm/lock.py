@@ -284,15 +284,14 @@ class LockMachine:
 
         if holder is not None:  # a shared holder asks for exclusive
             upgrade = True
-            ready = len(lock.holders) == 1
+            ready = lock.admits(mode, upgrade)
             # Granting it at once changes no edge of the wait-for graph, so it cannot close
             # a cycle: the queue's head, if any, is an exclusive request (a shared one would
             # have been granted beside the shared holder) that already waits for the owner,
             # and everyone behind it waits through it (see lock_graph).
         else:
             upgrade = False
-            shared_ok = mode is Mode.SHARED and lock.mode is Mode.SHARED
-            ready = not lock.waiters and (not lock.holders or shared_ok)
+            ready = not lock.waiters and lock.admits(mode)
             if len(lock.holders) + len(lock.waiters) >= MAX_OWNERS_PER_LOCK:
                 return Refusal(
                     Code.RESOURCE_EXHAUSTED,
@@ -439,13 +438,7 @@ class LockMachine:
         """Grant the queue's head for as long as it can be granted, then forget the lock if idle."""
         while lock.waiters:
             first = lock.waiters[0]
-            if first.upgrade:
-                ready = len(lock.holders) == 1
-            elif first.mode is Mode.EXCLUSIVE:
-                ready = not lock.holders
-            else:
-                ready = not lock.holders or lock.mode is Mode.SHARED
-            if not ready:
+            if not lock.admits(first.mode, first.upgrade):
                 break
             lock.remove(first)
             self._unwait(first.owner, resource)

@@ -124,6 +124,13 @@ class Lock:
             del self._exclusive[bisect_left(self._exclusive, waiter.rank, key=_rank)]
         del self._by_owner[waiter.owner]
 
+    def admits(self, mode: Mode, upgrade: bool = False) -> bool:
+        """Whether a request fits beside the current holders, the queue aside: an upgrade
+        when its owner holds alone, any request when no one holds, shared beside shared."""
+        if upgrade:
+            return len(self.holders) == 1
+        return not self.holders or not conflicts(self.mode, mode)
+
     def blockers(self, owner: str, mode: Mode, position: int) -> list[tuple[str, bool]]:
         """Whom a request of `owner` for `mode` with `position` requests ahead of it waits
         for *directly*, as (owner, holds).  FIFO makes it wait for every conflicting
